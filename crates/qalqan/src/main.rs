@@ -1,0 +1,164 @@
+//! `qalqan`: one binary for the whole system. This file only parses arguments and starts
+//! things; the work lives in the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use qalqan_shield::config::{RawAdmin, RawClient, RawConfig, RawListener, RawOrigin, RawServer};
+
+#[derive(Parser)]
+#[command(
+    name = "qalqan",
+    version,
+    about = "Free, self-hosted cyber-defence for independent newsrooms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the shield: a reverse proxy that keeps the site readable under an HTTP flood.
+    Shield(ShieldArgs),
+    /// Print or check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Args)]
+struct ShieldArgs {
+    /// Configuration file (TOML). Without it, the flags below give a quick setup with safe defaults.
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "admin", "trusted_proxy"])]
+    config: Option<PathBuf>,
+    /// Address to accept clients on (repeatable).
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Vec<String>,
+    /// The outlet's site, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Admin listener for /metrics and /healthz.
+    #[arg(long, value_name = "IP:PORT")]
+    admin: Option<String>,
+    /// A CDN or load balancer whose X-Forwarded-For is believed (repeatable).
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxy: Vec<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print a complete, commented configuration with every default.
+    Default,
+    /// Check a configuration file and report every problem at once.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Shield(a) => shield(a),
+        Command::Config(ConfigCmd::Default) => {
+            print!("{}", qalqan_shield::config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Check { file }) => check(&file),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qalqan: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = qalqan_shield::load_config(file)?;
+    for w in &cfg.warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "{}: ok ({} route classes)",
+        file.display(),
+        cfg.routes.len()
+    );
+    Ok(())
+}
+
+fn shield(a: ShieldArgs) -> anyhow::Result<()> {
+    let mut config = match &a.config {
+        Some(path) => qalqan_shield::load_config(path)?,
+        None => quick_config(&a)?,
+    };
+    if let Some(t) = a.threads {
+        anyhow::ensure!(
+            (1..=1024).contains(&t),
+            "--threads must be between 1 and 1024"
+        );
+        config.threads = t;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QALQAN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(qalqan_shield::run(config, a.config.clone()))
+}
+
+/// Builds a configuration from flags alone, with every other key at its default.
+fn quick_config(a: &ShieldArgs) -> anyhow::Result<qalqan_shield::Config> {
+    let Some(upstream) = &a.upstream else {
+        anyhow::bail!("give --config FILE, or at least --upstream URL (and --listen IP:PORT)");
+    };
+    let listen = if a.listen.is_empty() {
+        vec!["0.0.0.0:8080".to_string()]
+    } else {
+        a.listen.clone()
+    };
+    let raw = RawConfig {
+        server: RawServer::default(),
+        listen: listen
+            .into_iter()
+            .map(|address| RawListener {
+                address,
+                ..RawListener::default()
+            })
+            .collect(),
+        admin: RawAdmin {
+            address: a.admin.clone(),
+        },
+        origin: RawOrigin {
+            url: upstream.clone(),
+            ..RawOrigin::default()
+        },
+        client: RawClient {
+            trusted_proxies: a.trusted_proxy.clone(),
+            ..RawClient::default()
+        },
+        ..RawConfig::default()
+    };
+    raw.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.to_string()
+                .replace("listen[", "--listen[")
+                .replace("origin.url", "--upstream")
+        )
+    })
+}

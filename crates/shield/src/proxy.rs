@@ -1,0 +1,911 @@
+//! The request path: who the client is, which route class, limits, the micro-cache, origin
+//! protection, and the call to the origin.
+//!
+//! Order of the checks, cheapest and most decisive first:
+//! 1. deny lists and the repeat-offender table (a flood's blocked clients cost one lookup);
+//! 2. route class, then per-address and per-prefix rates (429, and repeat offenders blocked);
+//! 3. the cache: fresh copies answer at once, stale copies while one refresh runs;
+//! 4. identical misses coalesce into one origin fetch;
+//! 5. the route's origin gate: at most `max_in_flight` at the origin, a short queue, then a stale
+//!    copy or a light 503 from the shield itself;
+//! 6. the origin; its failures become a stale copy or a small error page.
+
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use qalqan_cache::policy::{self, RouteCacheRules};
+use qalqan_cache::store::{CachedResponse, EntryState};
+use qalqan_net::forwarded::{AddrSource, client_from_xff};
+
+use crate::accesslog::Entry;
+use crate::body::{Body, BoxError, Guarded, Prefixed, empty, full};
+use crate::config::FailMode;
+use crate::metrics::Decision;
+use crate::pages::page;
+use crate::state::{Flight, RouteState, Runtime, Shared, flight, tag};
+
+/// What the connection knows about its client.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The TCP peer, or the source named by a trusted PROXY header.
+    pub peer: SocketAddr,
+    /// Whether the peer may speak for others (X-Forwarded-For believed).
+    pub peer_trusted: bool,
+    /// How `peer` was learned.
+    pub source: AddrSource,
+    /// TLS on this connection.
+    pub tls: bool,
+}
+
+/// Header value of `x-qalqan-cache`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+impl CacheStatus {
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Bypass => "bypass",
+        })
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Handles one request end to end. Never fails: every outcome is a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let started = Instant::now();
+    let rt = shared.runtime.load_full();
+    let client = client_ip(&shared, &rt, &conn, req.headers());
+    let route = rt.classify(req.method(), req.uri().path(), req.uri().query());
+    route.requests.fetch_add(1, Relaxed);
+
+    // Copy what the access log needs before the request is consumed (only when it is on).
+    let log_head = shared.log_enabled().then(|| LogHead::of(&req));
+
+    let (resp, decision) = serve(&shared, &rt, &conn, route, client, req).await;
+    shared.metrics.decision(decision);
+    if let Some(h) = log_head {
+        shared.log.log(&Entry {
+            client,
+            method: h.method.as_str(),
+            target: &h.target,
+            version: h.version,
+            status: resp.status().as_u16(),
+            bytes: http_body::Body::size_hint(resp.body()).exact(),
+            referer: h.referer.as_ref().map(|v| v.as_bytes()),
+            user_agent: h.user_agent.as_ref().map(|v| v.as_bytes()),
+            decision: decision.as_str(),
+            route: &route.cfg.name,
+            millis: started.elapsed().as_millis() as u64,
+        });
+    }
+    Ok(resp)
+}
+
+struct LogHead {
+    method: Method,
+    target: String,
+    version: &'static str,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl LogHead {
+    fn of(req: &Request<Incoming>) -> Self {
+        LogHead {
+            method: req.method().clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            version: version_str(req.version()),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The client's address: the peer, or what trusted proxies say in X-Forwarded-For.
+fn client_ip(shared: &Shared, rt: &Runtime, conn: &ConnInfo, headers: &HeaderMap) -> IpAddr {
+    let peer = qalqan_net::cidr::canonical_ip(conn.peer.ip());
+    let xff = headers.get_all("x-forwarded-for");
+    let mut values: [&[u8]; 8] = [b""; 8];
+    let mut n = 0;
+    for v in xff.iter() {
+        if n == values.len() {
+            break;
+        }
+        values[n] = v.as_bytes();
+        n += 1;
+    }
+    if n == 0 {
+        return peer;
+    }
+    if !conn.peer_trusted {
+        shared.metrics.untrusted_forwarded.fetch_add(1, Relaxed);
+        return peer;
+    }
+    client_from_xff(peer, &values[..n], &rt.config.client.trusted_proxies).ip
+}
+
+/// Protection that runs before the cache: lists, blocks, rates. Synchronous so that a bug in it
+/// can be caught and handled by the route's fail mode.
+enum Verdict {
+    Go,
+    Refuse(Response<Body>, Decision),
+}
+
+fn protect(
+    shared: &Shared,
+    rt: &Runtime,
+    route: &RouteState,
+    client: IpAddr,
+    headers: &HeaderMap,
+) -> Verdict {
+    let lists = &rt.config.lists;
+    let ua = headers.get(header::USER_AGENT).map(|v| v.as_bytes());
+    let ua_str = ua.and_then(|b| std::str::from_utf8(b).ok());
+    if lists.deny_cidrs.contains(client)
+        || lists
+            .deny_user_agents
+            .as_ref()
+            .is_some_and(|s| ua_str.is_some_and(|u| s.is_match(u)))
+    {
+        return Verdict::Refuse(
+            page(StatusCode::FORBIDDEN, "blocked", None),
+            Decision::Blocked,
+        );
+    }
+    if lists.allow_cidrs.contains(client)
+        || lists
+            .allow_user_agents
+            .as_ref()
+            .is_some_and(|s| ua_str.is_some_and(|u| s.is_match(u)))
+    {
+        return Verdict::Go;
+    }
+    let now = qalqan_limits::now_ms();
+    let addr_key = shared.hasher.hash_ip(client, tag::ADDR);
+    let block = &rt.config.block;
+    if block.enabled && shared.blocks.blocked_until(addr_key, now).is_some() {
+        let mut r = page(StatusCode::FORBIDDEN, "blocked", None);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Verdict::Refuse(r, Decision::Blocked);
+    }
+    let cfg = &route.cfg;
+    let mut limited = false;
+    if cfg.rate_per_address > 0 {
+        let n = route.by_addr.observe(addr_key, now);
+        limited |= n > f64::from(cfg.rate_per_address);
+    }
+    if cfg.rate_per_prefix > 0 {
+        let c = &rt.config.client;
+        let net = qalqan_net::cidr::prefix_of(client, c.ipv4_prefix, c.ipv6_prefix);
+        let key = shared
+            .hasher
+            .hash_ip(net.network(), tag::PREFIX ^ net.prefix_len());
+        let n = route.by_prefix.observe(key, now);
+        limited |= n > f64::from(cfg.rate_per_prefix);
+    }
+    if !limited {
+        return Verdict::Go;
+    }
+    if block.enabled {
+        let offences = shared.offenders.observe(addr_key, now);
+        if offences > f64::from(block.after_limited) {
+            let until = now.saturating_add(block.duration.as_millis() as u64);
+            shared.blocks.block(addr_key, until);
+            tracing::info!(client = %client, route = %cfg.name, "repeat offender blocked for {:?}", block.duration);
+        }
+    }
+    Verdict::Refuse(
+        page(StatusCode::TOO_MANY_REQUESTS, "limited", Some(1)),
+        Decision::Limited,
+    )
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    route: &RouteState,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> (Response<Body>, Decision) {
+    let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        protect(shared, rt, route, client, req.headers())
+    }));
+    match verdict {
+        Ok(Verdict::Go) => {}
+        Ok(Verdict::Refuse(r, d)) => return (r, d),
+        Err(_) => {
+            tracing::error!(route = %route.cfg.name, "protection logic failed; applying the route's fail mode");
+            if route.cfg.fail == FailMode::Closed {
+                return (
+                    page(StatusCode::SERVICE_UNAVAILABLE, "shed", Some(5)),
+                    Decision::Shed,
+                );
+            }
+        }
+    }
+
+    // Oversized bodies are refused before anything reaches the origin.
+    if content_length(req.headers()).is_some_and(|len| len > rt.config.client.max_body_bytes) {
+        return (
+            page(StatusCode::PAYLOAD_TOO_LARGE, "rejected", None),
+            Decision::Rejected,
+        );
+    }
+
+    if is_upgrade(&req) {
+        return pass_upgrade(shared, rt, conn, route, client, req).await;
+    }
+
+    let Some(key) = cache_key_of(route, &req, conn.tls) else {
+        return pass(shared, rt, conn, route, client, req, None).await;
+    };
+
+    // 3. The cache. Requests with credentials never read it (a logged-in editor must not get an
+    // anonymous copy), but may fall back to a stale copy if the origin fails.
+    let cached = shared.store.get(&key);
+    if has_credentials(req.headers()) || *req.method() == Method::HEAD && cached.is_none() {
+        return pass(shared, rt, conn, route, client, req, cached).await;
+    }
+    let now = Instant::now();
+    if let Some(entry) = &cached {
+        match entry.state(now) {
+            EntryState::Fresh => {
+                let r = from_cache(entry, req.method(), req.headers(), CacheStatus::Hit, now);
+                return (r, Decision::CacheHit);
+            }
+            EntryState::Stale => {
+                let target = req.uri().clone();
+                revalidate_in_background(shared, rt, conn, route, client, &req, target, key);
+                let r = from_cache(entry, req.method(), req.headers(), CacheStatus::Stale, now);
+                return (r, Decision::Stale);
+            }
+            EntryState::StaleIfError | EntryState::Expired => {}
+        }
+    }
+    if *req.method() == Method::HEAD {
+        return pass(shared, rt, conn, route, client, req, cached).await;
+    }
+
+    // 4. Coalesce identical misses: one origin fetch per key, the rest wait for it.
+    let lead = match flight(shared, &key) {
+        Flight::Follow(mut rx) => {
+            let waited =
+                tokio::time::timeout(rt.config.cache.lock_timeout, rx.wait_for(|v| v.is_some()))
+                    .await;
+            let shared_entry = match waited {
+                Ok(Ok(v)) => v.clone().flatten(),
+                _ => None,
+            };
+            if let Some(entry) = shared_entry {
+                let now = Instant::now();
+                let r = from_cache(&entry, req.method(), req.headers(), CacheStatus::Hit, now);
+                return (r, Decision::CacheHit);
+            }
+            None
+        }
+        Flight::Lead(g) => Some(g),
+        Flight::Alone => None,
+    };
+
+    let admitted = admit(shared, route, &key);
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let req_headers = parts.headers.clone();
+    let mut parts = parts;
+    // The fill is unconditional so its response can be stored; the client's conditional
+    // headers are answered from the stored copy.
+    parts.headers.remove(header::IF_NONE_MATCH);
+    parts.headers.remove(header::IF_MODIFIED_SINCE);
+    let out = Request::from_parts(parts, limited_body(body, rt.config.client.max_body_bytes));
+    let filled = fill(shared, rt, conn, route, client, out, &key, admitted).await;
+    let (resp, decision, published) = match filled {
+        Ok(Filled::Stored(entry)) => {
+            let r = from_cache(
+                &entry,
+                &method,
+                &req_headers,
+                CacheStatus::Miss,
+                Instant::now(),
+            );
+            (r, Decision::Pass, Some(entry))
+        }
+        Ok(Filled::Unstored(r)) if is_error_status(r.status()) => {
+            match stale_answer(cached.as_ref(), &method, &req_headers) {
+                Some(s) => (s, Decision::Stale, None),
+                None => (r, Decision::Pass, None),
+            }
+        }
+        Ok(Filled::Unstored(r)) => (r, Decision::Pass, None),
+        Err(f) => {
+            let (r, d) = origin_failed(f, cached.as_ref(), &method, &req_headers);
+            (r, d, None)
+        }
+    };
+    if let Some(g) = lead {
+        g.publish(published);
+    }
+    (resp, decision)
+}
+
+/// The normalised cache key, or `None` when this request is not cacheable at all.
+fn cache_key_of<B>(route: &RouteState, req: &Request<B>, tls: bool) -> Option<String> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let host = host_of(req).unwrap_or_default();
+    let ae = qalqan_cache::key::accept_encoding_class(
+        req.headers()
+            .get(header::ACCEPT_ENCODING)
+            .map(|v| v.as_bytes()),
+    );
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let key = qalqan_cache::key::cache_key(&Method::GET, &host, pq, ae, &route.key_rules)?;
+    // The scheme is not part of the normalised key; an origin may answer http and https
+    // differently (a redirect to https), so TLS listeners get their own key space.
+    Some(if tls { format!("s:{key}") } else { key })
+}
+
+/// Counts a use of `key` and says whether it was asked for often enough to be stored.
+fn admit(shared: &Shared, route: &RouteState, key: &str) -> bool {
+    match &route.admission {
+        None => true,
+        Some(a) => {
+            let h = shared.hasher.hash_bytes(key.as_bytes(), tag::KEY);
+            a.observe(h, qalqan_limits::now_ms()) >= f64::from(route.cfg.cache_min_uses)
+        }
+    }
+}
+
+/// The outcome of a cache fill.
+enum Filled {
+    /// Stored (or storable when not admitted): every waiter can be answered with it.
+    Stored(Arc<CachedResponse>),
+    /// Not storable: this response goes to this client only, streaming.
+    Unstored(Response<Body>),
+}
+
+/// Fetches from the origin for the cache: reads a storable response fully (up to the object
+/// limit) and stores it when `admitted`; anything else streams through.
+#[allow(clippy::too_many_arguments)]
+async fn fill(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    route: &RouteState,
+    client: IpAddr,
+    out: Request<Body>,
+    key: &str,
+    admitted: bool,
+) -> Result<Filled, OriginFail> {
+    let resp = call_origin(shared, rt, conn, route, client, out, false).await?;
+    let cfg = &route.cfg;
+    let rules = RouteCacheRules {
+        default_ttl: cfg.cache_ttl,
+        stale_while_revalidate: cfg.stale_while_revalidate,
+        stale_if_error: cfg.stale_if_error,
+        max_object_bytes: rt.config.cache.max_object_bytes,
+    };
+    let fresh = match policy::decide(
+        &Method::GET,
+        false,
+        resp.status(),
+        resp.headers(),
+        &rules,
+        SystemTime::now(),
+    ) {
+        policy::Decision::Store(f) => f,
+        policy::Decision::Bypass(_) => {
+            let mut resp = resp;
+            resp.headers_mut()
+                .insert("x-qalqan-cache", CacheStatus::Bypass.value());
+            return Ok(Filled::Unstored(resp));
+        }
+    };
+    let (mut parts, mut body) = resp.into_parts();
+    let max = rt.config.cache.max_object_bytes;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            // The origin broke off mid-body: nothing sound to store or send.
+            shared.metrics.origin_error();
+            return Err(OriginFail::Down);
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > max {
+                // Larger than the cache takes: send what we have and stream the rest.
+                parts
+                    .headers
+                    .insert("x-qalqan-cache", CacheStatus::Bypass.value());
+                let rest = Prefixed::new(buf.freeze(), body).boxed_unsync();
+                return Ok(Filled::Unstored(Response::from_parts(parts, rest)));
+            }
+        }
+    }
+    parts.headers.remove("x-qalqan-cache");
+    let entry = Arc::new(CachedResponse::new(
+        parts.status,
+        parts.headers,
+        buf.freeze(),
+        &fresh,
+        Instant::now(),
+    ));
+    if admitted {
+        shared.store.insert(key.to_string(), entry.clone());
+    }
+    Ok(Filled::Stored(entry))
+}
+
+/// Starts one background refresh of `key` unless one is already running.
+#[allow(clippy::too_many_arguments)]
+fn revalidate_in_background(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    route: &RouteState,
+    client: IpAddr,
+    req: &Request<Incoming>,
+    target: http::Uri,
+    key: String,
+) {
+    let Flight::Lead(guard) = flight(shared, &key) else {
+        return;
+    };
+    let Some(index) = rt.routes.iter().position(|r| std::ptr::eq(r, route)) else {
+        return;
+    };
+    let mut h = req.headers().clone();
+    h.remove(header::IF_NONE_MATCH);
+    h.remove(header::IF_MODIFIED_SINCE);
+    let mut req = Request::new(empty());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = target;
+    *req.headers_mut() = h;
+    let (shared, rt, conn) = (shared.clone(), rt.clone(), conn.clone());
+    tokio::spawn(async move {
+        let route = &rt.routes[index];
+        let r = fill(&shared, &rt, &conn, route, client, req, &key, true).await;
+        guard.publish(match r {
+            Ok(Filled::Stored(e)) => Some(e),
+            _ => None,
+        });
+    });
+}
+
+/// A stale answer for a failed origin, if the copy may still be used.
+fn stale_answer(
+    stale: Option<&Arc<CachedResponse>>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Option<Response<Body>> {
+    let now = Instant::now();
+    let e = stale?;
+    if e.state(now) == EntryState::Expired {
+        return None;
+    }
+    Some(from_cache(e, method, headers, CacheStatus::Stale, now))
+}
+
+/// The answer when the origin gave none: a stale copy if one may be used, else a page.
+fn origin_failed(
+    fail: OriginFail,
+    stale: Option<&Arc<CachedResponse>>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> (Response<Body>, Decision) {
+    if !matches!(fail, OriginFail::Refused(_))
+        && let Some(r) = stale_answer(stale, method, headers)
+    {
+        return (r, Decision::Stale);
+    }
+    match fail {
+        OriginFail::Refused(s) => (page(s, "rejected", None), Decision::Rejected),
+        OriginFail::Shed => (
+            page(StatusCode::SERVICE_UNAVAILABLE, "shed", Some(5)),
+            Decision::Shed,
+        ),
+        OriginFail::Down => (
+            page(StatusCode::BAD_GATEWAY, "error", Some(10)),
+            Decision::Error,
+        ),
+        OriginFail::Timeout => (
+            page(StatusCode::GATEWAY_TIMEOUT, "error", Some(10)),
+            Decision::Error,
+        ),
+    }
+}
+
+fn is_error_status(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// Straight through to the origin, streaming both ways. `stale` is a copy to fall back on.
+async fn pass(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    route: &RouteState,
+    client: IpAddr,
+    req: Request<Incoming>,
+    stale: Option<Arc<CachedResponse>>,
+) -> (Response<Body>, Decision) {
+    let (parts, body) = req.into_parts();
+    // Keep what a stale answer needs only when there is a stale copy (the rare path).
+    let saved = stale
+        .as_ref()
+        .map(|_| (parts.method.clone(), parts.headers.clone()));
+    let out = Request::from_parts(parts, limited_body(body, rt.config.client.max_body_bytes));
+    let result = call_origin(shared, rt, conn, route, client, out, false).await;
+    let fallback =
+        |st: Option<&Arc<CachedResponse>>| saved.as_ref().and_then(|(m, h)| stale_answer(st, m, h));
+    match result {
+        Ok(r) if is_error_status(r.status()) => match fallback(stale.as_ref()) {
+            Some(s) => (s, Decision::Stale),
+            None => (r, Decision::Pass),
+        },
+        Ok(mut r) => {
+            r.headers_mut()
+                .insert("x-qalqan-cache", CacheStatus::Bypass.value());
+            (r, Decision::Pass)
+        }
+        Err(f) => {
+            if !matches!(f, OriginFail::Refused(_))
+                && let Some(s) = fallback(stale.as_ref())
+            {
+                return (s, Decision::Stale);
+            }
+            origin_failed(f, None, &Method::GET, &HeaderMap::new())
+        }
+    }
+}
+
+/// WebSocket and other HTTP/1.1 upgrades: forwarded, then bytes are copied both ways.
+async fn pass_upgrade(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    route: &RouteState,
+    client: IpAddr,
+    mut req: Request<Incoming>,
+) -> (Response<Body>, Decision) {
+    let client_side = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+    let out = Request::from_parts(parts, empty());
+    match call_origin(shared, rt, conn, route, client, out, true).await {
+        Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let origin_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(c), Ok(o)) = tokio::join!(client_side, origin_side) else {
+                    return;
+                };
+                let mut c = hyper_util::rt::TokioIo::new(c);
+                let mut o = hyper_util::rt::TokioIo::new(o);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut o).await;
+            });
+            (resp, Decision::Pass)
+        }
+        Ok(resp) => (resp, Decision::Pass),
+        Err(f) => origin_failed(f, None, &Method::GET, &HeaderMap::new()),
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn has_credentials(h: &HeaderMap) -> bool {
+    h.contains_key(header::COOKIE) || h.contains_key(header::AUTHORIZATION)
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"))
+}
+
+fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return h.to_str().ok().map(str::to_string);
+    }
+    req.uri().authority().map(|a| a.as_str().to_string())
+}
+
+/// A response built from a cached copy, or 304 when the client already has it.
+fn from_cache(
+    entry: &CachedResponse,
+    method: &Method,
+    req_headers: &HeaderMap,
+    status: CacheStatus,
+    now: Instant,
+) -> Response<Body> {
+    let mut resp = if qalqan_cache::conditional::not_modified(req_headers, entry) {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in [
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::VARY,
+            header::CONTENT_LOCATION,
+        ] {
+            if let Some(v) = entry.headers.get(&name) {
+                r.headers_mut().insert(name, v.clone());
+            }
+        }
+        r
+    } else {
+        let head = *method == Method::HEAD;
+        let mut r = Response::new(if head {
+            empty()
+        } else {
+            full(entry.body.clone())
+        });
+        *r.status_mut() = entry.status;
+        *r.headers_mut() = entry.headers.clone();
+        if head {
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        }
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    h.insert("x-qalqan-cache", status.value());
+    resp
+}
+
+/// Builds the request to the origin from the client's: origin-form target on the origin's
+/// address, Host kept, hop-by-hop headers dropped, forwarding headers set.
+fn upstream_request(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    client: IpAddr,
+    parts: &mut http::request::Parts,
+    upgrade: bool,
+) -> Result<(), StatusCode> {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if !pq.starts_with('/') {
+        // Asterisk-form (OPTIONS *) or similar: nothing an origin serves through us.
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(rt.config.origin.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    let host = match (parts.headers.get(header::HOST), parts.uri.authority()) {
+        (Some(h), _) => h.clone(),
+        (None, Some(a)) => {
+            HeaderValue::from_str(a.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?
+        }
+        (None, None) => HeaderValue::from_str(rt.config.origin.authority.as_str())
+            .map_err(|_| StatusCode::BAD_REQUEST)?,
+    };
+    let client_version = parts.version;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, upgrade);
+    h.insert(header::HOST, host);
+
+    // X-Forwarded-For: from a trusted peer, keep its chain and add the peer; otherwise the chain
+    // starts here, so an origin that believes the header cannot be fooled by a spoofed one.
+    let peer = qalqan_net::cidr::canonical_ip(conn.peer.ip());
+    let xff = if conn.peer_trusted {
+        let prior: Vec<&str> = h
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        client.to_string()
+    };
+    h.remove("x-forwarded-for");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    if !(conn.peer_trusted && h.contains_key("x-forwarded-proto")) {
+        h.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        h.insert("x-real-ip", v);
+    }
+    append_via(h, client_version);
+    Ok(())
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .take(32)
+        .collect();
+    for n in named {
+        if keep_upgrade && n == header::UPGRADE {
+            continue;
+        }
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP.iter() {
+        h.remove(n);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn append_via(h: &mut HeaderMap, v: Version) {
+    let me = match v {
+        Version::HTTP_2 => "2 qalqan",
+        Version::HTTP_10 => "1.0 qalqan",
+        _ => "1.1 qalqan",
+    };
+    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {me}"),
+        None => me.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::VIA, v);
+    }
+}
+
+/// Why an origin call produced no response.
+enum OriginFail {
+    /// Shield-side refusal (bad target, body too large).
+    Refused(StatusCode),
+    /// The route's gate was full.
+    Shed,
+    /// Connect error or reset.
+    Down,
+    /// No response headers in time.
+    Timeout,
+}
+
+/// Calls the origin through the route's gate. The permit travels with the response body, so
+/// the origin counts as busy for as long as it streams.
+async fn call_origin(
+    shared: &Shared,
+    rt: &Runtime,
+    conn: &ConnInfo,
+    route: &RouteState,
+    client: IpAddr,
+    req: Request<Body>,
+    upgrade: bool,
+) -> Result<Response<Body>, OriginFail> {
+    let (mut parts, body) = req.into_parts();
+    upstream_request(rt, conn, client, &mut parts, upgrade).map_err(OriginFail::Refused)?;
+    let permit = match &route.gate {
+        Some(g) => Some(g.enter().await.ok_or(OriginFail::Shed)?),
+        None => None,
+    };
+    let req = Request::from_parts(parts, body);
+    let m = &shared.metrics;
+    m.origin_in_flight.fetch_add(1, Relaxed);
+    let t0 = Instant::now();
+    let r = tokio::time::timeout(
+        rt.config.origin.response_timeout,
+        shared.client.request(req),
+    )
+    .await;
+    m.origin_in_flight.fetch_sub(1, Relaxed);
+    let resp = match r {
+        Err(_) => {
+            m.origin_error();
+            return Err(OriginFail::Timeout);
+        }
+        Ok(Err(e)) => {
+            if body_too_large(&e) {
+                return Err(OriginFail::Refused(StatusCode::PAYLOAD_TOO_LARGE));
+            }
+            tracing::debug!(error = %e, "origin request failed");
+            m.origin_error();
+            return Err(OriginFail::Down);
+        }
+        Ok(Ok(r)) => r,
+    };
+    m.origin_latency(t0.elapsed());
+    let (mut parts, body) = resp.into_parts();
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(&mut parts.headers, false);
+    }
+    append_via(&mut parts.headers, Version::HTTP_11);
+    let body: Body = match permit {
+        Some(p) => Guarded::new(body, p)
+            .map_err(|e| Box::new(e) as BoxError)
+            .boxed_unsync(),
+        None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// The client's body, capped at `max_body_bytes`.
+fn limited_body(body: Incoming, max: u64) -> Body {
+    http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
+}

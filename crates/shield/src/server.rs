@@ -1,0 +1,625 @@
+//! Listeners and connections: accept, cheap refusals before any parsing, PROXY protocol, TLS,
+//! HTTP/1.1 and HTTP/2, timeouts, graceful shutdown and reload.
+//!
+//! The order at accept is deliberate: a blocked address or a connection over the caps is closed
+//! before a byte is read, so a flood from blocked clients costs one hash lookup per connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use qalqan_net::forwarded::AddrSource;
+use qalqan_net::proxy_protocol::{self, ProxyError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::accesslog::AccessLog;
+use crate::body::{Body, full};
+use crate::config::{Config, Listener};
+use crate::metrics::ConnDrop;
+use crate::proxy::{ConnInfo, handle};
+use crate::state::{Runtime, Shared, tag};
+
+/// How long open connections get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running shield: bound addresses and the means to reload and stop it.
+pub struct Running {
+    /// Public listeners, in configuration order (actual ports when 0 was asked).
+    pub listen: Vec<SocketAddr>,
+    /// The admin listener.
+    pub admin: Option<SocketAddr>,
+    /// Shared state (metrics, cache) for inspection.
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Replaces the reloadable configuration. Listener, admin, thread and cache-size changes
+    /// need a restart and are returned as warnings.
+    pub fn reload(&self, new: Config) -> Vec<String> {
+        reload(&self.shared, new)
+    }
+
+    /// Stops accepting, lets open requests finish (up to 10 s), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Applies a new configuration to a running shield.
+pub fn reload(shared: &Shared, new: Config) -> Vec<String> {
+    let old = shared.runtime.load();
+    let mut w = Vec::new();
+    let addrs = |c: &Config| c.listen.iter().map(|l| l.address).collect::<Vec<_>>();
+    if addrs(&old.config) != addrs(&new) || old.config.admin != new.admin {
+        w.push("listener addresses changed: restart qalqan to apply them".to_string());
+    }
+    if old.config.threads != new.threads {
+        w.push("server.threads changed: restart qalqan to apply it".to_string());
+    }
+    if old.config.cache.max_bytes != new.cache.max_bytes
+        || old.config.cache.max_object_bytes != new.cache.max_object_bytes
+    {
+        w.push("cache sizes changed: restart qalqan to apply them".to_string());
+    }
+    if old.config.block.table_size != new.block.table_size {
+        w.push("block.table_size changed: restart qalqan to apply it".to_string());
+    }
+    shared.runtime.store(Arc::new(Runtime::new(new)));
+    shared.metrics.reloads_ok.fetch_add(1, Relaxed);
+    w
+}
+
+/// Binds every listener and starts serving. Must run inside a Tokio runtime.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let log = match &config.access_log.path {
+        None => AccessLog::off(),
+        Some(p) => AccessLog::start(p, config.access_log.max_lines_per_second)
+            .with_context(|| format!("cannot open the access log {p}"))?,
+    };
+    let listeners = config.listen.clone();
+    let admin_addr = config.admin;
+    let shared = Shared::new(config, log);
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut bound = Vec::new();
+    for l in listeners {
+        let tls = match &l.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let sock = TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("cannot listen on {}", l.address))?;
+        bound.push(sock.local_addr()?);
+        tasks.push(tokio::spawn(accept_loop(
+            sock,
+            l,
+            tls,
+            shared.clone(),
+            rx.clone(),
+        )));
+    }
+    let admin = match admin_addr {
+        Some(a) => {
+            let sock = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on the admin address {a}"))?;
+            let addr = sock.local_addr()?;
+            tasks.push(tokio::spawn(admin_loop(sock, shared.clone(), rx.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok(Running {
+        listen: bound,
+        admin,
+        shared,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read the certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad PEM in {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate found in {}", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not form a usable pair")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Releases the connection's slots when it ends.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.shared.metrics.connections_open.fetch_sub(1, Relaxed);
+        if let Some(ip) = self.ip {
+            self.shared.conns.remove(ip);
+        }
+    }
+}
+
+fn is_blocked(shared: &Shared, rt: &Runtime, ip: std::net::IpAddr) -> bool {
+    rt.config.block.enabled
+        && shared
+            .blocks
+            .blocked_until(
+                shared.hasher.hash_ip(ip, tag::ADDR),
+                qalqan_limits::now_ms(),
+            )
+            .is_some()
+}
+
+/// Closes a socket with a reset: no FIN handshake, no TIME_WAIT held by us.
+fn reset(stream: TcpStream) {
+    // A zero linger does not block on drop (the deprecation is about non-zero values): the
+    // kernel discards the socket and sends RST at once.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+async fn accept_loop(
+    sock: TcpListener,
+    l: Listener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            r = sock.accept() => r,
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let rt = shared.runtime.load();
+        let ip = qalqan_net::cidr::canonical_ip(peer.ip());
+        let trusted = rt.config.client.trusted_proxies.contains(ip);
+        let m = &shared.metrics;
+        if !trusted && is_blocked(&shared, &rt, ip) {
+            m.conn_drop(ConnDrop::Blocked);
+            m.decision(crate::metrics::Decision::Blocked);
+            reset(stream);
+            continue;
+        }
+        let c = &rt.config.client;
+        if m.connections_open.load(Relaxed) >= c.max_connections as i64 {
+            m.conn_drop(ConnDrop::TooMany);
+            reset(stream);
+            continue;
+        }
+        if !trusted && !shared.conns.try_add(ip, c.max_connections_per_address) {
+            m.conn_drop(ConnDrop::PerAddress);
+            reset(stream);
+            continue;
+        }
+        m.connections_open.fetch_add(1, Relaxed);
+        let guard = ConnGuard {
+            shared: shared.clone(),
+            ip: (!trusted).then_some(ip),
+        };
+        let settings = ConnSettings {
+            header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.idle_timeout,
+            max_header_bytes: c.max_header_bytes,
+            proxy_protocol: l.proxy_protocol,
+        };
+        drop(rt);
+        conns.spawn(connection(
+            stream,
+            peer,
+            trusted,
+            tls.clone(),
+            settings,
+            shared.clone(),
+            shutdown.clone(),
+            guard,
+        ));
+    }
+    // Let open connections drain (they watch the same shutdown signal).
+    let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+#[derive(Clone, Copy)]
+struct ConnSettings {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_header_bytes: usize,
+    proxy_protocol: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    mut stream: TcpStream,
+    socket_peer: SocketAddr,
+    socket_trusted: bool,
+    tls: Option<TlsAcceptor>,
+    s: ConnSettings,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    _guard: ConnGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut peer = socket_peer;
+    let mut source = AddrSource::Socket;
+    let mut prefix = Bytes::new();
+    if s.proxy_protocol {
+        // Only trusted peers may name another source; anyone else is refused outright.
+        if !socket_trusted {
+            shared.metrics.conn_drop(ConnDrop::Handshake);
+            return;
+        }
+        match tokio::time::timeout(s.header_read_timeout, read_proxy_header(&mut stream)).await {
+            Ok(Ok((src, rest))) => {
+                if let Some(src) = src {
+                    peer = src;
+                    source = AddrSource::ProxyProtocol;
+                }
+                prefix = rest;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %socket_peer, error = %e, "bad PROXY header");
+                shared.metrics.conn_drop(ConnDrop::Handshake);
+                return;
+            }
+            Err(_) => {
+                shared.metrics.conn_drop(ConnDrop::Timeout);
+                return;
+            }
+        }
+        let rt = shared.runtime.load();
+        if source == AddrSource::ProxyProtocol
+            && is_blocked(&shared, &rt, qalqan_net::cidr::canonical_ip(peer.ip()))
+        {
+            shared.metrics.conn_drop(ConnDrop::Blocked);
+            return;
+        }
+    }
+    let peer_trusted = shared
+        .runtime
+        .load()
+        .config
+        .client
+        .trusted_proxies
+        .contains(qalqan_net::cidr::canonical_ip(peer.ip()));
+    let activity = Arc::new(AtomicU64::new(qalqan_limits::now_ms()));
+    let io = Rewind::new(prefix, stream);
+    let conn = Arc::new(ConnInfo {
+        peer,
+        peer_trusted,
+        source,
+        tls: tls.is_some(),
+    });
+    match tls {
+        None => {
+            let io = IdleIo::new(io, activity.clone());
+            serve_io(io, false, conn, s, shared, shutdown, activity).await;
+        }
+        Some(acc) => {
+            let hs = tokio::time::timeout(s.header_read_timeout, acc.accept(io)).await;
+            let tls_stream = match hs {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %socket_peer, error = %e, "TLS handshake failed");
+                    shared.metrics.conn_drop(ConnDrop::Handshake);
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.conn_drop(ConnDrop::Timeout);
+                    return;
+                }
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = IdleIo::new(tls_stream, activity.clone());
+            serve_io(io, h2, conn, s, shared, shutdown, activity).await;
+        }
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    h2: bool,
+    conn: Arc<ConnInfo>,
+    s: ConnSettings,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    activity: Arc<AtomicU64>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(s.max_header_bytes.max(8192))
+        .max_headers(100);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(s.max_header_bytes as u32);
+    let b = if h2 { b.http2_only() } else { b.http1_only() };
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req: Request<Incoming>| handle(shared.clone(), conn.clone(), req))
+    };
+    let c = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    let idle = idle_watchdog(activity, s.idle_timeout);
+    tokio::pin!(idle);
+    tokio::select! {
+        _ = c.as_mut() => {}
+        _ = &mut idle => {
+            shared.metrics.conn_drop(ConnDrop::Timeout);
+        }
+        _ = shutdown.changed() => {
+            c.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, c).await;
+        }
+    }
+}
+
+/// Resolves when no byte has moved for `idle`.
+async fn idle_watchdog(activity: Arc<AtomicU64>, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let last = activity.load(Relaxed);
+        let now = qalqan_limits::now_ms();
+        let since = now.saturating_sub(last);
+        if since >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+    }
+}
+
+/// Reads a PROXY v1/v2 header; returns the source it names and any bytes read past it.
+async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<(Option<SocketAddr>, Bytes)> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        match proxy_protocol::parse(&buf) {
+            Ok(h) => {
+                let rest = Bytes::copy_from_slice(&buf[h.header_len..]);
+                return Ok((h.source, rest));
+            }
+            Err(ProxyError::Incomplete { .. }) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+        if buf.len() > 16 + 1024 + 512 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "PROXY header too long",
+            ));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before PROXY header",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An IO that first yields bytes already read (after a PROXY header), then the socket.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(prefix: Bytes, inner: T) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// An IO that stamps the time of the last byte moved, for the idle watchdog.
+pub struct IdleIo<T> {
+    inner: T,
+    activity: Arc<AtomicU64>,
+}
+
+impl<T> IdleIo<T> {
+    fn new(inner: T, activity: Arc<AtomicU64>) -> Self {
+        IdleIo { inner, activity }
+    }
+    fn touch(&self) {
+        self.activity.store(qalqan_limits::now_ms(), Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, b);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+async fn admin_loop(sock: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = sock.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(admin(&shared, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.render_metrics(),
+        ),
+        "/healthz" => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "ok\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics or /healthz\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}

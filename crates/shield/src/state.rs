@@ -1,0 +1,382 @@
+//! The shield's state: what lives for the whole process ([`Shared`]) and what a reload replaces
+//! ([`Runtime`]). Every structure here has a size fixed at construction or bounded by a
+//! configured cap; none grows with the number of distinct clients.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use qalqan_cache::key::KeyRules;
+use qalqan_cache::store::{CachedResponse, Store};
+use qalqan_limits::{BlockTable, KeyHasher, RateSketch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::accesslog::AccessLog;
+use crate::body::Body;
+use crate::config::{Config, Route};
+use crate::metrics::{Extra, Metrics};
+
+/// Columns per row of each per-client rate sketch. 4 rows x 32768 columns x 4 bytes x 2 windows
+/// = 1 MiB per sketch: with tens of thousands of distinct clients per second a client seen once
+/// still estimates a handful of requests, far under any sane per-address limit.
+const SKETCH_COLS: usize = 32_768;
+const SKETCH_ROWS: usize = 4;
+
+/// Tags that keep the address, prefix and cache-key hashes apart in one hash space.
+pub mod tag {
+    /// A client address.
+    pub const ADDR: u8 = 1;
+    /// A client's /24 or /64.
+    pub const PREFIX: u8 = 2;
+    /// A cache key.
+    pub const KEY: u8 = 3;
+}
+
+/// Origin concurrency cap with a short bounded queue for one route class.
+pub struct Gate {
+    sem: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    queue: usize,
+    timeout: Duration,
+}
+
+impl Gate {
+    fn new(max_in_flight: usize, queue: usize, timeout: Duration) -> Self {
+        Gate {
+            sem: Arc::new(Semaphore::new(max_in_flight)),
+            waiting: AtomicUsize::new(0),
+            queue,
+            timeout,
+        }
+    }
+
+    /// A permit to send one request to the origin, or `None` when the queue is full or the wait
+    /// timed out (the caller sheds: stale copy or a 503).
+    pub async fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.sem.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        // Join the queue only if there is room; the counter is the queue's bound.
+        if self.waiting.fetch_add(1, Relaxed) >= self.queue {
+            self.waiting.fetch_sub(1, Relaxed);
+            return None;
+        }
+        let r = tokio::time::timeout(self.timeout, self.sem.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Relaxed);
+        match r {
+            Ok(Ok(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Requests in flight through this gate now.
+    pub fn in_flight(&self, max: usize) -> usize {
+        max.saturating_sub(self.sem.available_permits())
+    }
+}
+
+/// One route class with its live counters.
+pub struct RouteState {
+    /// The checked settings.
+    pub cfg: Route,
+    /// Requests per address.
+    pub by_addr: RateSketch,
+    /// Requests per address prefix.
+    pub by_prefix: RateSketch,
+    /// Origin protection, when `max_in_flight > 0`.
+    pub gate: Option<Gate>,
+    /// How often each cache key was asked for (only when `cache_min_uses > 1`).
+    pub admission: Option<RateSketch>,
+    /// Cache-key rules for this class.
+    pub key_rules: KeyRules,
+    /// Requests classified here.
+    pub requests: AtomicU64,
+}
+
+/// Everything a reload replaces at once.
+pub struct Runtime {
+    /// The checked configuration.
+    pub config: Config,
+    /// Route classes in match order; the last is `default`.
+    pub routes: Vec<RouteState>,
+}
+
+impl Runtime {
+    /// Builds counters and gates for a configuration.
+    pub fn new(config: Config) -> Self {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let gate = (r.max_in_flight > 0)
+                    .then(|| Gate::new(r.max_in_flight, r.queue, r.queue_timeout));
+                let admission = (r.cache_min_uses > 1)
+                    .then(|| RateSketch::new(60_000, SKETCH_ROWS, SKETCH_COLS / 4));
+                RouteState {
+                    cfg: r.clone(),
+                    by_addr: RateSketch::new(1000, SKETCH_ROWS, SKETCH_COLS),
+                    by_prefix: RateSketch::new(1000, SKETCH_ROWS, SKETCH_COLS / 4),
+                    gate,
+                    admission,
+                    key_rules: KeyRules {
+                        drop_params: config.cache.drop_params.clone(),
+                        fold_query_case: r.fold_query_case,
+                    },
+                    requests: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Runtime { config, routes }
+    }
+
+    /// The route class for a request: the first whose method and any matcher fit.
+    pub fn classify(&self, method: &http::Method, path: &str, query: Option<&str>) -> &RouteState {
+        for r in &self.routes {
+            let c = &r.cfg;
+            if !c.methods.is_empty() && !c.methods.contains(method) {
+                continue;
+            }
+            if c.name == "default" {
+                return r;
+            }
+            if c.path_prefix.iter().any(|p| path.starts_with(p.as_str()))
+                || c.path_regex.as_ref().is_some_and(|re| re.is_match(path))
+                || query.is_some_and(|q| has_param(q, &c.query_params))
+            {
+                return r;
+            }
+        }
+        // The last route is always `default` (the config guarantees it); this is a fallback.
+        self.routes
+            .last()
+            .expect("config always has a default route")
+    }
+
+    /// Bytes held by per-client structures of this runtime.
+    pub fn tracked_bytes(&self) -> usize {
+        self.routes
+            .iter()
+            .map(|r| {
+                r.by_addr.memory_bytes()
+                    + r.by_prefix.memory_bytes()
+                    + r.admission.as_ref().map_or(0, |a| a.memory_bytes())
+            })
+            .sum()
+    }
+}
+
+fn has_param(query: &str, names: &[String]) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    query.split('&').any(|kv| {
+        let name = kv.split('=').next().unwrap_or("");
+        names.iter().any(|n| n == name)
+    })
+}
+
+/// The result of one coalesced origin fetch: the response if it was storable, `None` if the
+/// waiters must go to the origin themselves.
+pub type FlightResult = Option<Arc<CachedResponse>>;
+
+/// Identical cache misses in flight. Bounded: when full, new misses skip coalescing.
+pub struct Flights {
+    map: Mutex<HashMap<String, watch::Receiver<Option<FlightResult>>>>,
+    cap: usize,
+}
+
+/// What a miss should do.
+pub enum Flight {
+    /// Fetch, then publish through the sender; the key is removed when the guard drops.
+    Lead(FlightGuard),
+    /// Wait for the leader.
+    Follow(watch::Receiver<Option<FlightResult>>),
+    /// Coalescing is full: go alone.
+    Alone,
+}
+
+/// Held by the leader of a flight.
+pub struct FlightGuard {
+    flights: Arc<Shared>,
+    key: String,
+    tx: watch::Sender<Option<FlightResult>>,
+}
+
+impl FlightGuard {
+    /// Publishes the result to the waiters.
+    pub fn publish(&self, r: FlightResult) {
+        let _ = self.tx.send(Some(r));
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.flights.flights.map.lock() {
+            m.remove(&self.key);
+        }
+    }
+}
+
+impl Flights {
+    fn new(cap: usize) -> Self {
+        Flights {
+            map: Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+}
+
+/// Joins or starts a flight for `key`.
+pub fn flight(shared: &Arc<Shared>, key: &str) -> Flight {
+    let Ok(mut m) = shared.flights.map.lock() else {
+        return Flight::Alone;
+    };
+    if let Some(rx) = m.get(key) {
+        return Flight::Follow(rx.clone());
+    }
+    if m.len() >= shared.flights.cap {
+        return Flight::Alone;
+    }
+    let (tx, rx) = watch::channel(None);
+    m.insert(key.to_string(), rx);
+    Flight::Lead(FlightGuard {
+        flights: shared.clone(),
+        key: key.to_string(),
+        tx,
+    })
+}
+
+/// Open connections per address, bounded by the global connection cap.
+pub struct ConnTable {
+    shards: Vec<Mutex<HashMap<IpAddr, u32>>>,
+}
+
+impl ConnTable {
+    fn new() -> Self {
+        ConnTable {
+            shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        let h = match ip {
+            IpAddr::V4(v) => u32::from(*v) as usize,
+            IpAddr::V6(v) => (u128::from(*v) >> 64) as usize ^ (u128::from(*v) as usize),
+        };
+        &self.shards[h % self.shards.len()]
+    }
+
+    /// Takes a slot for `ip` unless it already holds `max`.
+    pub fn try_add(&self, ip: IpAddr, max: usize) -> bool {
+        let Ok(mut m) = self.shard(&ip).lock() else {
+            return true;
+        };
+        let n = m.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Releases a slot.
+    pub fn remove(&self, ip: IpAddr) {
+        if let Ok(mut m) = self.shard(&ip).lock()
+            && let Some(n) = m.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// State that lives as long as the process.
+pub struct Shared {
+    /// Counters.
+    pub metrics: Metrics,
+    /// Keyed hashing for every per-client structure.
+    pub hasher: KeyHasher,
+    /// Repeat offenders.
+    pub blocks: BlockTable,
+    /// Limited answers per address, for repeat-offender detection.
+    pub offenders: RateSketch,
+    /// The micro-cache.
+    pub store: Store,
+    /// Coalesced misses.
+    pub flights: Flights,
+    /// Open connections per address.
+    pub conns: ConnTable,
+    /// The pooled origin client.
+    pub client: HttpClient<HttpConnector, Body>,
+    /// The current reloadable part.
+    pub runtime: ArcSwap<Runtime>,
+    /// The access log.
+    pub log: AccessLog,
+}
+
+impl Shared {
+    /// Builds process state for a first configuration.
+    pub fn new(config: Config, log: AccessLog) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.origin.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.origin.max_idle_connections)
+            .retry_canceled_requests(true)
+            .set_host(false)
+            .build(connector);
+        let window_ms = config
+            .block
+            .window
+            .as_millis()
+            .clamp(1000, u64::MAX as u128) as u64;
+        Arc::new(Shared {
+            metrics: Metrics::default(),
+            hasher: KeyHasher::new(),
+            blocks: BlockTable::new(config.block.table_size),
+            offenders: RateSketch::new(window_ms, SKETCH_ROWS, SKETCH_COLS / 2),
+            store: Store::new(config.cache.max_bytes, config.cache.max_object_bytes),
+            flights: Flights::new(4096),
+            conns: ConnTable::new(),
+            client,
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            log,
+        })
+    }
+
+    /// Whether access log lines are wanted at all.
+    pub fn log_enabled(&self) -> bool {
+        self.log.is_on()
+    }
+
+    /// Metrics text including gauges from the cache and limiters.
+    pub fn render_metrics(&self) -> String {
+        let rt = self.runtime.load();
+        let now = qalqan_limits::now_ms();
+        let extra = Extra {
+            routes: rt
+                .routes
+                .iter()
+                .map(|r| (r.cfg.name.clone(), r.requests.load(Relaxed)))
+                .collect(),
+            cache_bytes: self.store.weighted_bytes(),
+            cache_entries: self.store.entries(),
+            tracked_bytes: (rt.tracked_bytes()
+                + self.blocks.memory_bytes()
+                + self.offenders.memory_bytes()) as u64,
+            blocked: self.blocks.len(now) as u64,
+            log_dropped: self.log.dropped(),
+        };
+        self.metrics.render(&extra)
+    }
+}

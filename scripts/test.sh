@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine of this kind. Installs what the tests need
+# first, so this one command is enough (it is the README's test command and CI runs it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests drive as real peers. None is needed by the current tests beyond the
+# Rust toolchain; adding one here is a one-line change.
+need_apt=()
+missing=()
+for pkg in "${need_apt[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# PostgreSQL and Redis run on every machine of this kind; tests that need them read these URLs
+# and say clearly when they skip.
+export QALQAN_TEST_POSTGRES="${QALQAN_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
+export QALQAN_TEST_REDIS="${QALQAN_TEST_REDIS:-redis://127.0.0.1:6379}"
+
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
