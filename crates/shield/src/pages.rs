@@ -7,12 +7,46 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{Body, full};
 
-/// Builds a shield-made page with `Cache-Control: no-store` and the decision header.
+/// Statuses the shield answers with itself; their pages are rendered once.
+const STATUSES: [StatusCode; 7] = [
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::FORBIDDEN,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::PAYLOAD_TOO_LARGE,
+    StatusCode::BAD_REQUEST,
+];
+
+/// Builds a shield-made page with `Cache-Control: no-store` and the decision header. The body is
+/// rendered once per status and shared, so answering a flood with 429s allocates no HTML.
 pub fn page(
     status: StatusCode,
     decision: &'static str,
     retry_after: Option<u64>,
 ) -> Response<Body> {
+    static RENDERED: std::sync::OnceLock<Vec<(StatusCode, Bytes)>> = std::sync::OnceLock::new();
+    let rendered = RENDERED.get_or_init(|| STATUSES.iter().map(|s| (*s, render(*s))).collect());
+    let body = rendered
+        .iter()
+        .find(|(s, _)| *s == status)
+        .map_or_else(|| render(status), |(_, b)| b.clone());
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-qalqan-decision", HeaderValue::from_static(decision));
+    if let Some(s) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}
+
+fn render(status: StatusCode) -> Bytes {
     let (ru, kk, en) = match status {
         StatusCode::TOO_MANY_REQUESTS => (
             "Слишком много запросов. Подождите немного и обновите страницу.",
@@ -48,19 +82,7 @@ pub fn page(
 <body style=\"font:16px/1.5 sans-serif;max-width:34em;margin:2em auto;padding:0 1em\">\
 <h1 style=\"font-size:1.3em\">{code}</h1><p>{ru}</p><p lang=\"kk\">{kk}</p><p lang=\"en\">{en}</p></body></html>\n"
     );
-    let mut resp = Response::new(full(Bytes::from(html)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-qalqan-decision", HeaderValue::from_static(decision));
-    if let Some(s) = retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
-    }
-    resp
+    Bytes::from(html)
 }
 
 #[cfg(test)]

@@ -161,7 +161,22 @@ fn client_ip(shared: &Shared, rt: &Runtime, conn: &ConnInfo, headers: &HeaderMap
         return peer;
     }
     if !conn.peer_trusted {
-        shared.metrics.untrusted_forwarded.fetch_add(1, Relaxed);
+        let n = shared.metrics.untrusted_forwarded.fetch_add(1, Relaxed);
+        // Say it loudly, but at most once a minute: a flood must not become a log flood.
+        let now = qalqan_limits::now_ms();
+        let last = shared.last_forwarded_warning.load(Relaxed);
+        if (n == 0 || now.saturating_sub(last) >= 60_000)
+            && shared
+                .last_forwarded_warning
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                peer = %peer,
+                "X-Forwarded-For from a peer outside client.trusted_proxies was ignored; if the \
+                 shield is behind a CDN or load balancer, list its addresses there"
+            );
+        }
         return peer;
     }
     client_from_xff(peer, &values[..n], &rt.config.client.trusted_proxies).ip
@@ -908,4 +923,28 @@ fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The client's body, capped at `max_body_bytes`.
 fn limited_body(body: Incoming, max: u64) -> Body {
     http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
+}
+
+/// Runs the shield's request-head handling (route class, cache key, client address, forwarding
+/// headers) on a parsed head, without IO. For the `request_head` fuzz target; not an API.
+#[doc(hidden)]
+pub fn fuzz_request_head(rt: &Runtime, parts: &mut http::request::Parts, tls: bool) {
+    let conn = ConnInfo {
+        peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        peer_trusted: true,
+        source: AddrSource::Socket,
+        tls,
+    };
+    let route = rt.classify(&parts.method, parts.uri.path(), parts.uri.query());
+    let head = Request::from_parts(parts.clone(), ());
+    let _ = cache_key_of(route, &head, tls);
+    let upgrade = is_upgrade(&head);
+    let _ = content_length(&parts.headers);
+    let _ = has_credentials(&parts.headers);
+    let mut values: Vec<&[u8]> = Vec::new();
+    for v in parts.headers.get_all("x-forwarded-for").iter().take(8) {
+        values.push(v.as_bytes());
+    }
+    let client = client_from_xff(conn.peer.ip(), &values, &rt.config.client.trusted_proxies).ip;
+    let _ = upstream_request(rt, &conn, client, parts, upgrade);
 }

@@ -320,6 +320,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// The access log.
     pub log: AccessLog,
+    /// When the last "untrusted X-Forwarded-For" warning was logged (ms).
+    pub last_forwarded_warning: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -351,6 +353,7 @@ impl Shared {
             client,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             log,
+            last_forwarded_warning: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
