@@ -112,3 +112,28 @@ where
         self.prefix.is_none() && self.rest.is_end_stream()
     }
 }
+
+/// A body fed frame by frame through a bounded channel: the cache fill sends the origin's
+/// frames to the requester while it keeps a copy.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+}
+
+impl ChannelBody {
+    /// Reads frames from `rx` until the sender is dropped.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>) -> Self {
+        ChannelBody { rx }
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx)
+    }
+}

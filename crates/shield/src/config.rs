@@ -338,7 +338,7 @@ pub struct RawRoute {
 }
 
 /// A listener, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// Address to bind.
     pub address: SocketAddr,
@@ -502,19 +502,33 @@ impl RawConfig {
     /// Parses TOML, collecting unknown keys as problems together with semantic ones.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let mut unknown = Vec::new();
-        let de = toml::Deserializer::parse(text)
+        let mut value: toml::Value = text
+            .parse::<toml::Table>()
+            .map(toml::Value::Table)
             .map_err(|e| ConfigError::one("(file)", e.to_string()))?;
-        let raw: RawConfig = serde_ignored::deserialize(de, |path| {
+        // Durations and sizes are checked first, each with its key path, and a bad one is set
+        // aside, so one typo does not hide every other problem in the file.
+        let mut early = Vec::new();
+        check_units(&mut value, "", &mut early);
+        let raw: RawConfig = serde_ignored::deserialize(value, |path| {
             unknown.push(path.to_string());
         })
-        .map_err(|e| ConfigError::one("(file)", e.to_string()))?;
+        .map_err(|e| {
+            let mut all = early.clone();
+            all.push(Problem {
+                path: "(file)".into(),
+                message: e.to_string(),
+            });
+            ConfigError { problems: all }
+        })?;
         let mut problems: Vec<Problem> = unknown
             .into_iter()
             .map(|p| Problem {
-                path: p,
+                path: bracket_indices(&p),
                 message: "unknown key (see `qalqan config default` for every key)".into(),
             })
             .collect();
+        problems.extend(early);
         match raw.validate() {
             Ok(cfg) if problems.is_empty() => Ok(cfg),
             Ok(_) => Err(ConfigError { problems }),
@@ -548,7 +562,8 @@ impl RawConfig {
                     continue;
                 }
             };
-            if !seen_addrs.insert(address) {
+            // Port 0 asks the system for a free port: never a clash.
+            if address.port() != 0 && !seen_addrs.insert(address) {
                 bad(
                     format!("{path}.address"),
                     format!("{address} is listed twice"),
@@ -574,7 +589,7 @@ impl RawConfig {
             Some(a) if a.is_empty() => None,
             Some(a) => match a.parse::<SocketAddr>() {
                 Ok(sa) => {
-                    if seen_addrs.contains(&sa) {
+                    if sa.port() != 0 && seen_addrs.contains(&sa) {
                         bad(
                             "admin.address".into(),
                             format!("{sa} is also a public listener"),
@@ -917,6 +932,89 @@ impl RawConfig {
     }
 }
 
+/// Keys whose values are durations and sizes, wherever they appear.
+const DURATION_KEYS: [&str; 11] = [
+    "connect_timeout",
+    "response_timeout",
+    "header_read_timeout",
+    "idle_timeout",
+    "window",
+    "duration",
+    "lock_timeout",
+    "queue_timeout",
+    "cache_ttl",
+    "stale_while_revalidate",
+    "stale_if_error",
+];
+const SIZE_KEYS: [&str; 4] = [
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_bytes",
+    "max_object_bytes",
+];
+
+/// Reports every bad duration and size with its key path and replaces it with a harmless value
+/// so that deserialising can go on and find the other problems.
+fn check_units(v: &mut toml::Value, path: &str, out: &mut Vec<Problem>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, child) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if DURATION_KEYS.contains(&k.as_str()) {
+                    let err = match child {
+                        toml::Value::String(s) => parse_duration(s).err(),
+                        _ => Some("must be a duration in quotes, e.g. \"10s\"".to_string()),
+                    };
+                    if let Some(message) = err {
+                        out.push(Problem { path: p, message });
+                        *child = toml::Value::String("1s".into());
+                    }
+                } else if SIZE_KEYS.contains(&k.as_str()) {
+                    let err = match child {
+                        toml::Value::String(s) => parse_bytes(s).err(),
+                        toml::Value::Integer(n) if *n >= 0 => None,
+                        _ => Some("must be a size, e.g. 16384 or \"32MiB\"".to_string()),
+                    };
+                    if let Some(message) = err {
+                        out.push(Problem { path: p, message });
+                        *child = toml::Value::String("1MiB".into());
+                    }
+                } else {
+                    check_units(child, &p, out);
+                }
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, child) in a.iter_mut().enumerate() {
+                check_units(child, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `route.0.colour` (serde_ignored's form) to `route[0].colour` (the form of every other problem).
+fn bracket_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    for (i, part) in path.split('.').enumerate() {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            if i > 0 {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn regex_set(
     path: &str,
     items: &[String],
@@ -1071,7 +1169,7 @@ mod tests {
         let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
         for want in [
             "typo_key",
-            "route.0.colour",
+            "route[0].colour",
             "origin.url",
             "listen[0].address",
             "client.trusted_proxies[1]",

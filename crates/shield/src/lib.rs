@@ -36,6 +36,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         tracing::warn!("configuration: {w}");
         eprintln!("WARNING: {w}");
     }
+    // Signal handlers first: a SIGHUP that arrives while listeners open must not kill us.
+    let signals = Signals::install()?;
     let running = start(config).await?;
     for a in &running.listen {
         tracing::info!("shield listening on {a}");
@@ -43,21 +45,40 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     if let Some(a) = running.admin {
         tracing::info!("admin listener on {a} (/metrics, /healthz)");
     }
-    wait_for_signals(&running, config_path.as_deref()).await?;
+    wait_for_signals(signals, &running, config_path.as_deref()).await?;
     tracing::info!("shutting down: finishing open requests");
     running.shutdown().await;
     Ok(())
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(running: &Running, path: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(
+    mut s: Signals,
+    running: &Running,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     loop {
         tokio::select! {
-            _ = hup.recv() => {
+            _ = s.hup.recv() => {
                 let Some(p) = path else {
                     tracing::warn!("SIGHUP ignored: started without --config");
                     continue;
@@ -78,13 +99,27 @@ async fn wait_for_signals(running: &Running, path: Option<&std::path::Path>) -> 
                     }
                 }
             }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = s.term.recv() => return Ok(()),
+            _ = s.int.recv() => return Ok(()),
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_: &Running, _: Option<&std::path::Path>) -> anyhow::Result<()> {
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Signals)
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(
+    _: Signals,
+    _: &Running,
+    _: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await.context("Ctrl-C handler")
 }

@@ -26,11 +26,12 @@ use qalqan_cache::store::{CachedResponse, EntryState};
 use qalqan_net::forwarded::{AddrSource, client_from_xff};
 
 use crate::accesslog::Entry;
-use crate::body::{Body, BoxError, Guarded, Prefixed, empty, full};
+use crate::body::{Body, BoxError, ChannelBody, Guarded, Prefixed, empty, full};
 use crate::config::FailMode;
 use crate::metrics::Decision;
 use crate::pages::page;
-use crate::state::{Flight, RouteState, Runtime, Shared, flight, tag};
+use crate::state::{Flight, FlightGuard, Outcome, RouteState, Runtime, Shared, flight, tag};
+use tokio::sync::{mpsc, oneshot};
 
 /// What the connection knows about its client.
 #[derive(Clone, Debug)]
@@ -221,7 +222,11 @@ fn protect(
     let now = qalqan_limits::now_ms();
     let addr_key = shared.hasher.hash_ip(client, tag::ADDR);
     let block = &rt.config.block;
-    if block.enabled && shared.blocks.blocked_until(addr_key, now).is_some() {
+    let block_key = shared.hasher.hash_ip(
+        crate::state::subscriber(client, &rt.config.client),
+        tag::ADDR,
+    );
+    if block.enabled && shared.blocks.blocked_until(block_key, now).is_some() {
         let mut r = page(StatusCode::FORBIDDEN, "blocked", None);
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -249,7 +254,7 @@ fn protect(
         let offences = shared.offenders.observe(addr_key, now);
         if offences > f64::from(block.after_limited) {
             let until = now.saturating_add(block.duration.as_millis() as u64);
-            shared.blocks.block(addr_key, until);
+            shared.blocks.block(block_key, until);
             tracing::info!(client = %client, route = %cfg.name, "repeat offender blocked for {:?}", block.duration);
         }
     }
@@ -326,65 +331,89 @@ async fn serve(
         return pass(shared, rt, conn, route, client, req, cached).await;
     }
 
-    // 4. Coalesce identical misses: one origin fetch per key, the rest wait for it.
-    let lead = match flight(shared, &key) {
+    // 4. Coalesce identical misses: one origin fetch per key, the rest wait for its outcome.
+    let guard = match flight(shared, &key) {
         Flight::Follow(mut rx) => {
             let waited =
                 tokio::time::timeout(rt.config.cache.lock_timeout, rx.wait_for(|v| v.is_some()))
                     .await;
-            let shared_entry = match waited {
-                Ok(Ok(v)) => v.clone().flatten(),
+            let outcome = match waited {
+                Ok(Ok(v)) => v.clone(),
                 _ => None,
             };
-            if let Some(entry) = shared_entry {
-                let now = Instant::now();
-                let r = from_cache(&entry, req.method(), req.headers(), CacheStatus::Hit, now);
-                return (r, Decision::CacheHit);
+            match outcome {
+                Some(Outcome::Stored(entry)) => {
+                    let now = Instant::now();
+                    let r = from_cache(&entry, req.method(), req.headers(), CacheStatus::Hit, now);
+                    return (r, Decision::CacheHit);
+                }
+                // The origin just failed for this key: do not ask it again for every waiter.
+                Some(Outcome::Failed) => {
+                    return origin_failed(
+                        OriginFail::Down,
+                        cached.as_ref(),
+                        req.method(),
+                        req.headers(),
+                    );
+                }
+                // Not storable, or the leader took too long: go alone.
+                Some(Outcome::Unstorable) | None => None,
             }
-            None
         }
         Flight::Lead(g) => Some(g),
         Flight::Alone => None,
     };
 
+    let Some(index) = rt.routes.iter().position(|r| std::ptr::eq(r, route)) else {
+        return pass(shared, rt, conn, route, client, req, cached).await;
+    };
     let admitted = admit(shared, route, &key);
-    let (parts, body) = req.into_parts();
+    // A conditional request waits for the whole copy so it can be answered 304; any other
+    // request streams the response as it arrives while the copy is built.
+    let conditional = req.headers().contains_key(header::IF_NONE_MATCH)
+        || req.headers().contains_key(header::IF_MODIFIED_SINCE);
+    let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let req_headers = parts.headers.clone();
-    let mut parts = parts;
-    // The fill is unconditional so its response can be stored; the client's conditional
-    // headers are answered from the stored copy.
+    // The fill is unconditional so its response can be stored.
     parts.headers.remove(header::IF_NONE_MATCH);
     parts.headers.remove(header::IF_MODIFIED_SINCE);
     let out = Request::from_parts(parts, limited_body(body, rt.config.client.max_body_bytes));
-    let filled = fill(shared, rt, conn, route, client, out, &key, admitted).await;
-    let (resp, decision, published) = match filled {
-        Ok(Filled::Stored(entry)) => {
-            let r = from_cache(
-                &entry,
-                &method,
-                &req_headers,
-                CacheStatus::Miss,
-                Instant::now(),
-            );
-            (r, Decision::Pass, Some(entry))
+    let (head_tx, head_rx) = oneshot::channel();
+    // The fill runs on its own task: a leader that hangs up must not cancel what the waiters
+    // are waiting for.
+    tokio::spawn(fill(
+        shared.clone(),
+        rt.clone(),
+        conn.clone(),
+        index,
+        client,
+        out,
+        FillTo {
+            key,
+            admitted,
+            guard,
+            head: Some(head_tx),
+            stream: !conditional,
+        },
+    ));
+    match head_rx.await {
+        Ok(Head::Stream(r)) => (r, Decision::Pass),
+        Ok(Head::Whole(entry)) => {
+            let now = Instant::now();
+            let r = from_cache(&entry, &method, &req_headers, CacheStatus::Miss, now);
+            (r, Decision::Pass)
         }
-        Ok(Filled::Unstored(r)) if is_error_status(r.status()) => {
+        Ok(Head::Unstored(r)) if is_error_status(r.status()) => {
             match stale_answer(cached.as_ref(), &method, &req_headers) {
-                Some(s) => (s, Decision::Stale, None),
-                None => (r, Decision::Pass, None),
+                Some(s) => (s, Decision::Stale),
+                None => (r, Decision::Pass),
             }
         }
-        Ok(Filled::Unstored(r)) => (r, Decision::Pass, None),
-        Err(f) => {
-            let (r, d) = origin_failed(f, cached.as_ref(), &method, &req_headers);
-            (r, d, None)
-        }
-    };
-    if let Some(g) = lead {
-        g.publish(published);
+        Ok(Head::Unstored(r)) => (r, Decision::Pass),
+        Ok(Head::Failed(f)) => origin_failed(f, cached.as_ref(), &method, &req_headers),
+        Err(_) => origin_failed(OriginFail::Down, cached.as_ref(), &method, &req_headers),
     }
-    (resp, decision)
 }
 
 /// The normalised cache key, or `None` when this request is not cacheable at all.
@@ -416,28 +445,66 @@ fn admit(shared: &Shared, route: &RouteState, key: &str) -> bool {
     }
 }
 
-/// The outcome of a cache fill.
-enum Filled {
-    /// Stored (or storable when not admitted): every waiter can be answered with it.
-    Stored(Arc<CachedResponse>),
-    /// Not storable: this response goes to this client only, streaming.
+/// What a fill hands to the request that started it.
+enum Head {
+    /// Storable: the response streams as it arrives while the copy is built.
+    Stream(Response<Body>),
+    /// Storable, read whole (the requester wanted a 304 check).
+    Whole(Arc<CachedResponse>),
+    /// Not storable (or larger than the cache takes): this response goes to this client only.
     Unstored(Response<Body>),
+    /// No usable response.
+    Failed(OriginFail),
 }
 
-/// Fetches from the origin for the cache: reads a storable response fully (up to the object
-/// limit) and stores it when `admitted`; anything else streams through.
-#[allow(clippy::too_many_arguments)]
+/// Where a fill's result goes.
+struct FillTo {
+    key: String,
+    admitted: bool,
+    guard: Option<FlightGuard>,
+    head: Option<oneshot::Sender<Head>>,
+    stream: bool,
+}
+
+impl FillTo {
+    fn publish(&self, o: Outcome) {
+        if let Some(g) = &self.guard {
+            g.publish(o);
+        }
+    }
+    fn send(&mut self, h: Head) {
+        if let Some(tx) = self.head.take() {
+            let _ = tx.send(h);
+        }
+    }
+}
+
+/// Fetches from the origin for the cache, on its own task. A storable response is copied into
+/// the cache (when `admitted`) while it streams to the requester; everything else goes to the
+/// requester as it is. Waiters learn the outcome through the flight guard.
 async fn fill(
-    shared: &Shared,
-    rt: &Runtime,
-    conn: &ConnInfo,
-    route: &RouteState,
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    conn: Arc<ConnInfo>,
+    index: usize,
     client: IpAddr,
     out: Request<Body>,
-    key: &str,
-    admitted: bool,
-) -> Result<Filled, OriginFail> {
-    let resp = call_origin(shared, rt, conn, route, client, out, false).await?;
+    mut to: FillTo,
+) {
+    let route = &rt.routes[index];
+    let resp = match call_origin(&shared, &rt, &conn, route, client, out, false).await {
+        Ok(r) => r,
+        Err(f) => {
+            to.publish(Outcome::Failed);
+            to.send(Head::Failed(f));
+            return;
+        }
+    };
+    if is_error_status(resp.status()) {
+        to.publish(Outcome::Failed);
+        to.send(Head::Unstored(resp));
+        return;
+    }
     let cfg = &route.cfg;
     let rules = RouteCacheRules {
         default_ttl: cfg.cache_ttl,
@@ -445,55 +512,142 @@ async fn fill(
         stale_if_error: cfg.stale_if_error,
         max_object_bytes: rt.config.cache.max_object_bytes,
     };
-    let fresh = match policy::decide(
+    let decision = policy::decide(
         &Method::GET,
         false,
         resp.status(),
         resp.headers(),
         &rules,
         SystemTime::now(),
-    ) {
+    );
+    let fresh = match decision {
         policy::Decision::Store(f) => f,
         policy::Decision::Bypass(_) => {
             let mut resp = resp;
             resp.headers_mut()
                 .insert("x-qalqan-cache", CacheStatus::Bypass.value());
-            return Ok(Filled::Unstored(resp));
+            to.publish(Outcome::Unstorable);
+            to.send(Head::Unstored(resp));
+            return;
         }
     };
     let (mut parts, mut body) = resp.into_parts();
+    parts.headers.remove("x-qalqan-cache");
+    let mut tx = None;
+    if to.stream {
+        let (btx, brx) = mpsc::channel(16);
+        let mut p = parts.clone();
+        p.headers
+            .insert("x-qalqan-cache", CacheStatus::Miss.value());
+        to.send(Head::Stream(Response::from_parts(
+            p,
+            ChannelBody::new(brx).boxed_unsync(),
+        )));
+        tx = Some(btx);
+    }
     let max = rt.config.cache.max_object_bytes;
+    // Without a reader, a stalled origin body must not hold the gate and the flight forever.
+    let stall = rt.config.origin.response_timeout;
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            // The origin broke off mid-body: nothing sound to store or send.
-            shared.metrics.origin_error();
-            return Err(OriginFail::Down);
+    let mut too_big = false;
+    let expected = content_length(&parts.headers);
+    let mut stored: Option<Arc<CachedResponse>> = None;
+    loop {
+        let next = if tx.is_some() {
+            body.frame().await
+        } else {
+            match tokio::time::timeout(stall, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => {
+                    shared.metrics.origin_error();
+                    to.publish(Outcome::Failed);
+                    to.send(Head::Failed(OriginFail::Timeout));
+                    return;
+                }
+            }
         };
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
+        let Some(frame) = next else { break };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                // The origin broke off mid-body: nothing sound to store.
+                shared.metrics.origin_error();
+                to.publish(Outcome::Failed);
+                match &tx {
+                    Some(t) => {
+                        let _ = t.send(Err(e)).await;
+                    }
+                    None => to.send(Head::Failed(OriginFail::Down)),
+                }
+                return;
+            }
+        };
+        if let Some(d) = frame.data_ref()
+            && !too_big
+        {
+            buf.extend_from_slice(d);
             if buf.len() > max {
-                // Larger than the cache takes: send what we have and stream the rest.
-                parts
-                    .headers
-                    .insert("x-qalqan-cache", CacheStatus::Bypass.value());
-                let rest = Prefixed::new(buf.freeze(), body).boxed_unsync();
-                return Ok(Filled::Unstored(Response::from_parts(parts, rest)));
+                too_big = true;
+                to.publish(Outcome::Unstorable);
+                if tx.is_none() {
+                    // Larger than the cache takes: hand over what we have and the rest.
+                    if to.head.is_some() {
+                        let rest = Prefixed::new(buf.freeze(), body).boxed_unsync();
+                        parts
+                            .headers
+                            .insert("x-qalqan-cache", CacheStatus::Bypass.value());
+                        to.send(Head::Unstored(Response::from_parts(parts, rest)));
+                    }
+                    return;
+                }
+                buf = BytesMut::new();
+            }
+        }
+        // When the length is known, the copy is stored before the last bytes go out, so a
+        // request that follows at once finds it in the cache.
+        if stored.is_none() && !too_big && expected.is_some_and(|n| buf.len() as u64 == n) {
+            stored = Some(store_copy(&shared, &to, &parts, &mut buf, &fresh));
+        }
+        if let Some(t) = &tx
+            && t.send(Ok(frame)).await.is_err()
+        {
+            // The requester left; keep reading only while the copy is still wanted.
+            tx = None;
+            if too_big || stored.is_some() {
+                return;
             }
         }
     }
-    parts.headers.remove("x-qalqan-cache");
+    if too_big {
+        return;
+    }
+    let entry = match stored {
+        Some(e) => e,
+        None => store_copy(&shared, &to, &parts, &mut buf, &fresh),
+    };
+    to.send(Head::Whole(entry));
+}
+
+/// Stores the finished copy (when admitted) and tells the waiters.
+fn store_copy(
+    shared: &Shared,
+    to: &FillTo,
+    parts: &http::response::Parts,
+    buf: &mut BytesMut,
+    fresh: &policy::Freshness,
+) -> Arc<CachedResponse> {
     let entry = Arc::new(CachedResponse::new(
         parts.status,
-        parts.headers,
-        buf.freeze(),
-        &fresh,
+        parts.headers.clone(),
+        std::mem::take(buf).freeze(),
+        fresh,
         Instant::now(),
     ));
-    if admitted {
-        shared.store.insert(key.to_string(), entry.clone());
+    if to.admitted {
+        shared.store.insert(to.key.clone(), entry.clone());
     }
-    Ok(Filled::Stored(entry))
+    to.publish(Outcome::Stored(entry.clone()));
+    entry
 }
 
 /// Starts one background refresh of `key` unless one is already running.
@@ -517,19 +671,25 @@ fn revalidate_in_background(
     let mut h = req.headers().clone();
     h.remove(header::IF_NONE_MATCH);
     h.remove(header::IF_MODIFIED_SINCE);
-    let mut req = Request::new(empty());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = target;
-    *req.headers_mut() = h;
-    let (shared, rt, conn) = (shared.clone(), rt.clone(), conn.clone());
-    tokio::spawn(async move {
-        let route = &rt.routes[index];
-        let r = fill(&shared, &rt, &conn, route, client, req, &key, true).await;
-        guard.publish(match r {
-            Ok(Filled::Stored(e)) => Some(e),
-            _ => None,
-        });
-    });
+    let mut out = Request::new(empty());
+    *out.method_mut() = Method::GET;
+    *out.uri_mut() = target;
+    *out.headers_mut() = h;
+    tokio::spawn(fill(
+        shared.clone(),
+        rt.clone(),
+        conn.clone(),
+        index,
+        client,
+        out,
+        FillTo {
+            key,
+            admitted: true,
+            guard: Some(guard),
+            head: None,
+            stream: false,
+        },
+    ));
 }
 
 /// A stale answer for a failed origin, if the copy may still be used.
@@ -725,7 +885,15 @@ fn from_cache(
         r
     };
     let h = resp.headers_mut();
-    h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    // RFC 9111 4.2.3: the age the origin (or a cache before us) reported, plus our time.
+    let initial: u64 = entry
+        .headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let age = initial.saturating_add(entry.age(now).as_secs());
+    h.insert(header::AGE, HeaderValue::from(age));
     h.insert("x-qalqan-cache", status.value());
     resp
 }
@@ -783,6 +951,14 @@ fn upstream_request(
         client.to_string()
     };
     h.remove("x-forwarded-for");
+    if !conn.peer_trusted {
+        // Other ways of naming the client or the original request are believed only from
+        // trusted proxies too.
+        h.remove(header::FORWARDED);
+        h.remove("x-forwarded-host");
+        h.remove("x-forwarded-port");
+        h.remove("x-forwarded-proto");
+    }
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +19,6 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use qalqan_net::forwarded::AddrSource;
 use qalqan_net::proxy_protocol::{self, ProxyError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -69,9 +68,11 @@ impl Running {
 pub fn reload(shared: &Shared, new: Config) -> Vec<String> {
     let old = shared.runtime.load();
     let mut w = Vec::new();
-    let addrs = |c: &Config| c.listen.iter().map(|l| l.address).collect::<Vec<_>>();
-    if addrs(&old.config) != addrs(&new) || old.config.admin != new.admin {
-        w.push("listener addresses changed: restart qalqan to apply them".to_string());
+    if old.config.listen != new.listen || old.config.admin != new.admin {
+        w.push(
+            "listeners changed (addresses, TLS files or proxy_protocol): restart qalqan to apply them"
+                .to_string(),
+        );
     }
     if old.config.threads != new.threads {
         w.push("server.threads changed: restart qalqan to apply it".to_string());
@@ -221,8 +222,11 @@ async fn accept_loop(
             }
         };
         let rt = shared.runtime.load();
-        let ip = qalqan_net::cidr::canonical_ip(peer.ip());
-        let trusted = rt.config.client.trusted_proxies.contains(ip);
+        let real_ip = qalqan_net::cidr::canonical_ip(peer.ip());
+        let trusted = rt.config.client.trusted_proxies.contains(real_ip);
+        // Blocks and connection caps count an IPv6 subscriber's whole prefix as one client, so
+        // rotating addresses inside a /64 does not escape them.
+        let ip = crate::state::subscriber(real_ip, &rt.config.client);
         let m = &shared.metrics;
         if !trusted && is_blocked(&shared, &rt, ip) {
             m.conn_drop(ConnDrop::Blocked);
@@ -319,9 +323,9 @@ async fn connection(
             }
         }
         let rt = shared.runtime.load();
-        if source == AddrSource::ProxyProtocol
-            && is_blocked(&shared, &rt, qalqan_net::cidr::canonical_ip(peer.ip()))
-        {
+        let ip =
+            crate::state::subscriber(qalqan_net::cidr::canonical_ip(peer.ip()), &rt.config.client);
+        if source == AddrSource::ProxyProtocol && is_blocked(&shared, &rt, ip) {
             shared.metrics.conn_drop(ConnDrop::Blocked);
             return;
         }
@@ -378,44 +382,84 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
-        .keep_alive(true)
-        .max_buf_size(s.max_header_bytes.max(8192))
-        .max_headers(100);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        .max_header_list_size(s.max_header_bytes as u32);
-    let b = if h2 { b.http2_only() } else { b.http1_only() };
+    // Requests in progress: while one waits on the origin, silence on the socket is not idleness.
+    let busy = Arc::new(AtomicUsize::new(0));
     let svc = {
-        let shared = shared.clone();
-        service_fn(move |req: Request<Incoming>| handle(shared.clone(), conn.clone(), req))
+        let (shared, busy) = (shared.clone(), busy.clone());
+        service_fn(move |req: Request<Incoming>| {
+            let guard = Busy::enter(busy.clone());
+            let fut = handle(shared.clone(), conn.clone(), req);
+            async move {
+                let r = fut.await;
+                drop(guard);
+                r
+            }
+        })
     };
-    let c = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(c);
-    let idle = idle_watchdog(activity, s.idle_timeout);
+    let idle = idle_watchdog(activity, busy, s.idle_timeout);
     tokio::pin!(idle);
-    tokio::select! {
-        _ = c.as_mut() => {}
-        _ = &mut idle => {
-            shared.metrics.conn_drop(ConnDrop::Timeout);
-        }
-        _ = shutdown.changed() => {
-            c.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN, c).await;
-        }
+    // Both connection kinds are driven the same way: to completion, until idle, or drained on
+    // shutdown.
+    macro_rules! drive {
+        ($c:expr) => {{
+            let c = $c;
+            tokio::pin!(c);
+            tokio::select! {
+                _ = c.as_mut() => {}
+                _ = &mut idle => {
+                    shared.metrics.conn_drop(ConnDrop::Timeout);
+                }
+                _ = shutdown.changed() => {
+                    c.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, c).await;
+                }
+            }
+        }};
+    }
+    if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+        drive!(b.serve_connection(TokioIo::new(io), svc));
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(s.header_read_timeout)
+            .keep_alive(true)
+            // hyper's read buffer has a floor of 8 KiB; the head limit itself is exact.
+            .max_buf_size(s.max_header_bytes.max(8192))
+            .max_header_size(s.max_header_bytes)
+            .max_headers(100);
+        drive!(b.serve_connection(TokioIo::new(io), svc).with_upgrades());
+    }
+}
+
+/// Counts a request in progress on a connection.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(n: Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Relaxed);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
 /// Resolves when no byte has moved for `idle`.
-async fn idle_watchdog(activity: Arc<AtomicU64>, idle: Duration) {
+async fn idle_watchdog(activity: Arc<AtomicU64>, busy: Arc<AtomicUsize>, idle: Duration) {
     let idle_ms = idle.as_millis() as u64;
     loop {
-        let last = activity.load(Relaxed);
         let now = qalqan_limits::now_ms();
+        if busy.load(Relaxed) > 0 {
+            activity.store(now, Relaxed);
+        }
+        let last = activity.load(Relaxed);
         let since = now.saturating_sub(last);
         if since >= idle_ms {
             return;

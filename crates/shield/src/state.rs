@@ -38,6 +38,15 @@ pub mod tag {
     pub const KEY: u8 = 3;
 }
 
+/// The identity blocks and connection caps count: the address for IPv4, the configured prefix
+/// (a /64 by default: one subscriber) for IPv6.
+pub fn subscriber(ip: IpAddr, client: &crate::config::Client) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => qalqan_net::cidr::prefix_of(ip, 32, client.ipv6_prefix).network(),
+    }
+}
+
 /// Origin concurrency cap with a short bounded queue for one route class.
 pub struct Gate {
     sem: Arc<Semaphore>,
@@ -181,13 +190,23 @@ fn has_param(query: &str, names: &[String]) -> bool {
     })
 }
 
-/// The result of one coalesced origin fetch: the response if it was storable, `None` if the
-/// waiters must go to the origin themselves.
-pub type FlightResult = Option<Arc<CachedResponse>>;
+/// The outcome of one coalesced origin fetch, as the waiters see it.
+#[derive(Clone)]
+pub enum Outcome {
+    /// A storable response: every waiter is answered with it.
+    Stored(Arc<CachedResponse>),
+    /// Not storable: each waiter goes to the origin itself.
+    Unstorable,
+    /// The origin failed: waiters answer with a stale copy or an error page, without asking it.
+    Failed,
+}
+
+/// What the flight's channel carries: `None` until the outcome is known.
+pub type FlightResult = Option<Outcome>;
 
 /// Identical cache misses in flight. Bounded: when full, new misses skip coalescing.
 pub struct Flights {
-    map: Mutex<HashMap<String, watch::Receiver<Option<FlightResult>>>>,
+    map: Mutex<HashMap<String, watch::Receiver<FlightResult>>>,
     cap: usize,
 }
 
@@ -196,7 +215,7 @@ pub enum Flight {
     /// Fetch, then publish through the sender; the key is removed when the guard drops.
     Lead(FlightGuard),
     /// Wait for the leader.
-    Follow(watch::Receiver<Option<FlightResult>>),
+    Follow(watch::Receiver<FlightResult>),
     /// Coalescing is full: go alone.
     Alone,
 }
@@ -205,13 +224,21 @@ pub enum Flight {
 pub struct FlightGuard {
     flights: Arc<Shared>,
     key: String,
-    tx: watch::Sender<Option<FlightResult>>,
+    tx: watch::Sender<FlightResult>,
 }
 
 impl FlightGuard {
     /// Publishes the result to the waiters.
-    pub fn publish(&self, r: FlightResult) {
-        let _ = self.tx.send(Some(r));
+    pub fn publish(&self, r: Outcome) {
+        // The first outcome wins; later ones (e.g. "stored" after "too big") are ignored.
+        self.tx.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(r);
+                true
+            } else {
+                false
+            }
+        });
     }
 }
 

@@ -1,0 +1,9 @@
+//! Integration tests for the shield: a real origin on port 0, the real shield in front of it,
+//! real HTTP clients. One test binary; modules by capability.
+
+mod cache;
+mod clients;
+mod common;
+mod fidelity;
+mod limits;
+mod reload;
