@@ -117,11 +117,20 @@ impl AccessLog {
 
     /// Logs one request, subject to the budget and sampling.
     pub fn log(&self, e: &Entry<'_>) {
-        let Some(tx) = &self.tx else { return };
-        let now = SystemTime::now()
+        if let Some(sec) = self.ticket() {
+            self.write(e, sec);
+        }
+    }
+
+    /// Counts one request against the budget and says whether its line is to be written (with
+    /// the second it belongs to). Called before anything is copied for the line, so requests
+    /// sampled away cost two atomic operations.
+    pub fn ticket(&self) -> Option<u64> {
+        let tx = self.tx.as_ref()?;
+        let sec = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        let sec = now.as_secs();
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
         let prev = self.second.load(Relaxed);
         if prev != sec
             && self
@@ -142,8 +151,14 @@ impl AccessLog {
         {
             self.suppressed.fetch_add(1, Relaxed);
             self.dropped.fetch_add(1, Relaxed);
-            return;
+            return None;
         }
+        Some(sec)
+    }
+
+    /// Writes a line for which [`AccessLog::ticket`] said yes.
+    pub fn write(&self, e: &Entry<'_>, sec: u64) {
+        let Some(tx) = &self.tx else { return };
         let line = format_line(e, sec);
         if tx.try_send(line).is_err() {
             self.dropped.fetch_add(1, Relaxed);

@@ -90,24 +90,27 @@ pub async fn handle(
     route.requests.fetch_add(1, Relaxed);
 
     // Copy what the access log needs before the request is consumed (only when it is on).
-    let log_head = shared.log_enabled().then(|| LogHead::of(&req));
+    let log_head = shared.log.ticket().map(|sec| (sec, LogHead::of(&req)));
 
     let (resp, decision) = serve(&shared, &rt, &conn, route, client, req).await;
     shared.metrics.decision(decision);
-    if let Some(h) = log_head {
-        shared.log.log(&Entry {
-            client,
-            method: h.method.as_str(),
-            target: &h.target,
-            version: h.version,
-            status: resp.status().as_u16(),
-            bytes: http_body::Body::size_hint(resp.body()).exact(),
-            referer: h.referer.as_ref().map(|v| v.as_bytes()),
-            user_agent: h.user_agent.as_ref().map(|v| v.as_bytes()),
-            decision: decision.as_str(),
-            route: &route.cfg.name,
-            millis: started.elapsed().as_millis() as u64,
-        });
+    if let Some((sec, h)) = log_head {
+        shared.log.write(
+            &Entry {
+                client,
+                method: h.method.as_str(),
+                target: &h.target,
+                version: h.version,
+                status: resp.status().as_u16(),
+                bytes: http_body::Body::size_hint(resp.body()).exact(),
+                referer: h.referer.as_ref().map(|v| v.as_bytes()),
+                user_agent: h.user_agent.as_ref().map(|v| v.as_bytes()),
+                decision: decision.as_str(),
+                route: &route.cfg.name,
+                millis: started.elapsed().as_millis() as u64,
+            },
+            sec,
+        );
     }
     Ok(resp)
 }
@@ -304,6 +307,17 @@ async fn serve(
     let Some(key) = cache_key_of(route, &req, conn.tls) else {
         return pass(shared, rt, conn, route, client, req, None).await;
     };
+
+    // A key whose last response could not be stored goes straight through for a while
+    // ("hit-for-pass"): no coalescing wait, no copy, no lookup.
+    let key_hash = shared.hasher.hash_bytes(key.as_bytes(), tag::KEY);
+    if shared
+        .pass_marks
+        .blocked_until(key_hash, qalqan_limits::now_ms())
+        .is_some()
+    {
+        return pass(shared, rt, conn, route, client, req, None).await;
+    }
 
     // 3. The cache. Requests with credentials never read it (a logged-in editor must not get an
     // anonymous copy), but may fall back to a stale copy if the origin fails.
@@ -523,6 +537,7 @@ async fn fill(
     let fresh = match decision {
         policy::Decision::Store(f) => f,
         policy::Decision::Bypass(_) => {
+            mark_pass(&shared, &to.key);
             let mut resp = resp;
             resp.headers_mut()
                 .insert("x-qalqan-cache", CacheStatus::Bypass.value());
@@ -588,6 +603,7 @@ async fn fill(
             buf.extend_from_slice(d);
             if buf.len() > max {
                 too_big = true;
+                mark_pass(&shared, &to.key);
                 to.publish(Outcome::Unstorable);
                 if tx.is_none() {
                     // Larger than the cache takes: hand over what we have and the rest.
@@ -626,6 +642,17 @@ async fn fill(
         None => store_copy(&shared, &to, &parts, &mut buf, &fresh),
     };
     to.send(Head::Whole(entry));
+}
+
+/// How long a key whose response could not be stored goes straight to the origin.
+const PASS_MARK_MS: u64 = 10_000;
+
+/// Remembers that `key`'s response was not storable.
+fn mark_pass(shared: &Shared, key: &str) {
+    let h = shared.hasher.hash_bytes(key.as_bytes(), tag::KEY);
+    shared
+        .pass_marks
+        .block(h, qalqan_limits::now_ms().saturating_add(PASS_MARK_MS));
 }
 
 /// Stores the finished copy (when admitted) and tells the waiters.

@@ -337,6 +337,8 @@ pub struct Shared {
     pub offenders: RateSketch,
     /// The micro-cache.
     pub store: Store,
+    /// Keys whose last response was not storable, with an expiry (fixed memory).
+    pub pass_marks: BlockTable,
     /// Coalesced misses.
     pub flights: Flights,
     /// Open connections per address.
@@ -375,6 +377,7 @@ impl Shared {
             blocks: BlockTable::new(config.block.table_size),
             offenders: RateSketch::new(window_ms, SKETCH_ROWS, SKETCH_COLS / 2),
             store: Store::new(config.cache.max_bytes, config.cache.max_object_bytes),
+            pass_marks: BlockTable::new(16_384),
             flights: Flights::new(4096),
             conns: ConnTable::new(),
             client,
@@ -382,11 +385,6 @@ impl Shared {
             log,
             last_forwarded_warning: std::sync::atomic::AtomicU64::new(0),
         })
-    }
-
-    /// Whether access log lines are wanted at all.
-    pub fn log_enabled(&self) -> bool {
-        self.log.is_on()
     }
 
     /// Metrics text including gauges from the cache and limiters.
@@ -403,6 +401,7 @@ impl Shared {
             cache_entries: self.store.entries(),
             tracked_bytes: (rt.tracked_bytes()
                 + self.blocks.memory_bytes()
+                + self.pass_marks.memory_bytes()
                 + self.offenders.memory_bytes()) as u64,
             blocked: self.blocks.len(now) as u64,
             log_dropped: self.log.dropped(),
