@@ -378,7 +378,7 @@ impl Shared {
             offenders: RateSketch::new(window_ms, SKETCH_ROWS, SKETCH_COLS / 2),
             store: Store::new(config.cache.max_bytes, config.cache.max_object_bytes),
             pass_marks: BlockTable::new(16_384),
-            flights: Flights::new(4096),
+            flights: Flights::new(1024),
             conns: ConnTable::new(),
             client,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
