@@ -21,5 +21,11 @@ fi
 export QALQAN_TEST_POSTGRES="${QALQAN_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
 export QALQAN_TEST_REDIS="${QALQAN_TEST_REDIS:-redis://127.0.0.1:6379}"
 
-cargo test --workspace --all-targets --locked
-cargo test --workspace --doc --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
+cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
+
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

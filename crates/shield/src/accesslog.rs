@@ -252,6 +252,45 @@ mod tests {
         assert_eq!(clf_time(951_782_400), "29/Feb/2000:00:00:00 +0000");
     }
 
+    #[tokio::test]
+    async fn a_flood_is_sampled_not_written_line_by_line() {
+        let dir = std::env::temp_dir().join(format!("qalqan-log-{}", std::process::id()));
+        let log = AccessLog::start(dir.to_str().unwrap(), 50).unwrap();
+        // Align to the start of a second so the whole burst falls in one budget window.
+        let frac = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        if frac > 800 {
+            tokio::time::sleep(Duration::from_millis(u64::from(1000 - frac) + 5)).await;
+        }
+        let sec = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut kept = 0;
+        let mut n = 0;
+        while n < 10_050 {
+            if SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                != sec
+            {
+                break;
+            }
+            if log.ticket().is_some() {
+                kept += 1;
+            }
+            n += 1;
+        }
+        assert_eq!(n, 10_050, "the burst did not fit in one second");
+        // 50 in full, then one in SAMPLE_EVERY of the other 10,000.
+        assert_eq!(kept, 50 + 10_000 / SAMPLE_EVERY);
+        assert_eq!(log.dropped(), 10_050 - kept);
+        let _ = std::fs::remove_file(dir);
+    }
+
     #[test]
     fn hostile_fields_are_escaped_and_cut() {
         let ua = vec![b'"'; 5000];
