@@ -216,6 +216,21 @@ pub struct Got {
 }
 
 impl Got {
+    /// Reads a whole response.
+    pub async fn collect(resp: Response<Incoming>) -> Got {
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -247,17 +262,7 @@ pub async fn send(
         .request(b.body(Full::new(body)).unwrap())
         .await
         .expect("request");
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Got::collect(resp).await
 }
 
 /// Writes raw bytes on a new connection (optionally from a chosen local address) and reads
@@ -333,17 +338,7 @@ impl KeepAlive {
             .send_request(b.body(Full::new(Bytes::new())).unwrap())
             .await
             .expect("request on the kept-alive connection");
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        Got::collect(resp).await
     }
 
     /// Whether the peer has closed the connection.
@@ -647,17 +642,7 @@ pub async fn send_via(
         .request(b.body(Full::new(Bytes::new())).unwrap())
         .await
         .expect("request");
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Got::collect(resp).await
 }
 
 /// `n` bytes of a fixed, non-repeating-looking pattern (so a shifted or dropped block shows).
