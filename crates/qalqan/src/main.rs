@@ -29,7 +29,10 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct ShieldArgs {
+    #[command(subcommand)]
+    action: Option<ShieldCmd>,
     /// Configuration file (TOML). Without it, the flags below give a quick setup with safe defaults.
     #[arg(long, short, value_name = "FILE", conflicts_with_all = ["listen", "upstream", "admin", "trusted_proxy"])]
     config: Option<PathBuf>,
@@ -48,6 +51,22 @@ struct ShieldArgs {
     /// Worker threads (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum ShieldCmd {
+    /// Set the attack mode of a running shield through its admin listener.
+    Mode {
+        /// `under-attack` (with --for) or `auto`.
+        #[arg(value_parser = ["under-attack", "auto"])]
+        mode: String,
+        /// How long the manual mode lasts, e.g. 30m, 2h.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// The shield's admin listener.
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9180")]
+        admin: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,7 +112,48 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks a running shield's admin listener to change its mode; prints the new state.
+fn set_mode(mode: &str, duration: Option<&str>, admin: &str) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let query = match (mode, duration) {
+        ("auto", _) => "set=auto".to_string(),
+        (_, Some(d)) => {
+            qalqan_shield::config::parse_duration(d).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            format!("set=under-attack&for={d}")
+        }
+        (_, None) => anyhow::bail!("under-attack needs --for DURATION, e.g. --for 2h"),
+    };
+    let addr: std::net::SocketAddr = admin
+        .parse()
+        .with_context(|| format!("--admin `{admin}` is not IP:PORT"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .with_context(|| format!("cannot reach the shield's admin listener at {admin}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        s,
+        "POST /mode?{query} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.take(1 << 20).read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "the shield refused: {}",
+        body.trim()
+    );
+    println!("{}", body.trim());
+    Ok(())
+}
+
 fn shield(a: ShieldArgs) -> anyhow::Result<()> {
+    if let Some(ShieldCmd::Mode {
+        mode,
+        duration,
+        admin,
+    }) = &a.action
+    {
+        return set_mode(mode, duration.as_deref(), admin);
+    }
     let mut config = match &a.config {
         Some(path) => qalqan_shield::load_config(path)?,
         None => quick_config(&a)?,

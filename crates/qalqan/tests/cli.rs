@@ -496,3 +496,79 @@ async fn sighup_reloads_refuses_a_broken_file_and_sigterm_stops() {
     assert!(st.success(), "exit status {st}");
     assert!(t.elapsed() < Duration::from_secs(12));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shield_mode_command_sets_and_clears_the_override() {
+    let origin = origin().await;
+    let (listen, admin) = (free_port(), free_port());
+    let dir = TempDir::new("mode");
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let shield = Shield::start(
+        &dir,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--upstream",
+            &format!("http://{origin}"),
+            "--admin",
+            &admin_addr.to_string(),
+        ],
+        admin_addr,
+    )
+    .await;
+    let admin_s = admin_addr.to_string();
+    let under = |m: f64| m == 1.0;
+    let out = run(&[
+        "shield",
+        "mode",
+        "under-attack",
+        "--for",
+        "2h",
+        "--admin",
+        &admin_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"mode\":\"under_attack\""),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(under(
+        metric(admin_addr, "qalqan_shield_mode{mode=\"under_attack\"}").await
+    ));
+    // A duration is required, and a bad one is refused before anything is sent.
+    let out = run(&["shield", "mode", "under-attack", "--admin", &admin_s]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--for"), "{}", text(&out.stderr));
+    let out = run(&[
+        "shield",
+        "mode",
+        "under-attack",
+        "--for",
+        "soon",
+        "--admin",
+        &admin_s,
+    ]);
+    assert!(!out.status.success());
+    let out = run(&["shield", "mode", "auto", "--admin", &admin_s]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(under(
+        metric(admin_addr, "qalqan_shield_mode{mode=\"normal\"}").await
+    ));
+    // Nobody listening: a clear error, not a hang.
+    let out = run(&[
+        "shield",
+        "mode",
+        "auto",
+        "--admin",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot reach"),
+        "{}",
+        text(&out.stderr)
+    );
+    let st = shield.terminate(Duration::from_secs(12)).await;
+    assert!(st.success(), "{st}");
+}

@@ -175,6 +175,39 @@ pub struct RawConfig {
     pub access_log: RawAccessLog,
     /// Route classes, matched in order; a class named `default` matches everything else.
     pub route: Vec<RawRoute>,
+    /// Automatic attack mode and episode records.
+    pub attack: RawAttack,
+}
+
+/// `[attack]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawAttack {
+    /// Where finished attack episodes are appended as JSON lines; empty turns it off.
+    pub episodes_path: Option<String>,
+    /// Lowest request-rate baseline, requests per second (quiet sites).
+    pub floor_rps: Option<f64>,
+    /// Rate / baseline that enters `elevated`.
+    pub elevated_factor: Option<f64>,
+    /// Rate / baseline that enters `under_attack`.
+    pub attack_factor: Option<f64>,
+    /// How long a signal must last before the mode escalates.
+    pub enter_after: Option<Dur>,
+    /// How long the signal must stay low before the mode steps down.
+    pub cooldown: Option<Dur>,
+    /// Time after start during which the baseline is learned and the rate alone never escalates.
+    pub warmup: Option<Dur>,
+    /// Half-life of the learned baseline.
+    pub half_life: Option<Dur>,
+}
+
+/// Attack mode settings, checked.
+#[derive(Debug, Clone)]
+pub struct Attack {
+    /// Episode file; `None` when off.
+    pub episodes_path: Option<PathBuf>,
+    /// The detector's settings.
+    pub detect: qalqan_detect::DetectConfig,
 }
 
 /// `[server]`
@@ -494,6 +527,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// Route classes; the last is always `default`.
     pub routes: Vec<Route>,
+    /// Attack mode.
+    pub attack: Attack,
     /// Warnings to print loudly at start (config is usable).
     pub warnings: Vec<String>,
 }
@@ -860,6 +895,40 @@ impl RawConfig {
             });
         }
 
+        let a = &self.attack;
+        let defaults = qalqan_detect::DetectConfig::default();
+        let secs = |d: Option<Dur>, default: u32| {
+            d.map_or(default, |d| {
+                u32::try_from(d.0.as_secs()).unwrap_or(u32::MAX)
+            })
+        };
+        let mut detect = qalqan_detect::DetectConfig {
+            baseline_floor_rps: a.floor_rps.unwrap_or(defaults.baseline_floor_rps),
+            elevated_enter_factor: a.elevated_factor.unwrap_or(defaults.elevated_enter_factor),
+            attack_enter_factor: a.attack_factor.unwrap_or(defaults.attack_enter_factor),
+            enter_after_secs: secs(a.enter_after, defaults.enter_after_secs),
+            cooldown_secs: secs(a.cooldown, defaults.cooldown_secs),
+            warmup_secs: secs(a.warmup, defaults.warmup_secs),
+            baseline_half_life_secs: secs(a.half_life, defaults.baseline_half_life_secs),
+            ..defaults
+        };
+        // Exit thresholds follow the enter ones (half of them) so hysteresis is kept.
+        detect.elevated_exit_factor = detect.elevated_enter_factor / 2.0;
+        detect.attack_exit_factor = detect.attack_enter_factor / 2.0;
+        if let Err(e) = detect.validate() {
+            for pr in e.problems {
+                bad(format!("attack ({})", pr.key), pr.hint.to_string());
+            }
+        }
+        let attack = Attack {
+            episodes_path: match a.episodes_path.as_deref() {
+                None => Some(PathBuf::from("qalqan-episodes.jsonl")),
+                Some("") => None,
+                Some(p) => Some(PathBuf::from(p)),
+            },
+            detect,
+        };
+
         let mut warnings = qalqan_net::cidr::audit_trusted(&trusted);
         if listen.iter().any(|l| l.proxy_protocol) && trusted.is_empty() {
             bad(
@@ -927,13 +996,18 @@ impl RawConfig {
             },
             access_log,
             routes,
+            attack,
             warnings,
         })
     }
 }
 
 /// Keys whose values are durations and sizes, wherever they appear.
-const DURATION_KEYS: [&str; 11] = [
+const DURATION_KEYS: [&str; 15] = [
+    "enter_after",
+    "cooldown",
+    "warmup",
+    "half_life",
     "connect_timeout",
     "response_timeout",
     "header_read_timeout",

@@ -7,6 +7,7 @@
 //! write one log line per flood request; wait on anything but the origin.
 
 pub mod accesslog;
+pub mod attack;
 pub mod body;
 pub mod config;
 pub mod metrics;

@@ -123,6 +123,36 @@ impl Metrics {
             .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     }
 
+    /// All requests decided so far (every decision).
+    pub fn total_requests(&self) -> u64 {
+        self.decisions.iter().map(|d| d.load(Relaxed)).sum()
+    }
+
+    /// The origin latency histogram: cumulative bucket counts and the total count.
+    pub fn origin_histogram(&self) -> ([u64; 12], u64) {
+        let mut b = [0u64; 12];
+        for (i, c) in self.origin_buckets.iter().enumerate() {
+            b[i] = c.load(Relaxed);
+        }
+        (b, self.origin_count.load(Relaxed))
+    }
+
+    /// The p95 of origin latency, in milliseconds, between two histogram snapshots (upper
+    /// bucket bound; 0 when nothing was measured).
+    pub fn p95_ms(before: &([u64; 12], u64), after: &([u64; 12], u64)) -> f64 {
+        let n = after.1.saturating_sub(before.1);
+        if n == 0 {
+            return 0.0;
+        }
+        let want = (n as f64 * 0.95).ceil() as u64;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if after.0[i].saturating_sub(before.0[i]) >= want {
+                return b * 1000.0;
+            }
+        }
+        BUCKETS[BUCKETS.len() - 1] * 1000.0 * 2.0
+    }
+
     /// Counts an origin failure (connect error, timeout).
     pub fn origin_error(&self) {
         self.origin_errors.fetch_add(1, Relaxed);
@@ -209,6 +239,14 @@ impl Metrics {
                 self.conn_drops[i].load(Relaxed)
             );
         }
+        o.push_str("# HELP qalqan_shield_mode Attack mode: 1 for the current one.\n# TYPE qalqan_shield_mode gauge\n");
+        for m in ["normal", "elevated", "under_attack"] {
+            let _ = writeln!(
+                o,
+                "qalqan_shield_mode{{mode=\"{m}\"}} {}",
+                u8::from(extra.mode == m)
+            );
+        }
         gauge(
             &mut o,
             "qalqan_shield_cache_bytes",
@@ -276,6 +314,8 @@ pub struct Extra {
     pub blocked: u64,
     /// Access log lines not written.
     pub log_dropped: u64,
+    /// The attack mode's name.
+    pub mode: &'static str,
 }
 
 fn gauge(o: &mut String, name: &str, help: &str, v: i64) {

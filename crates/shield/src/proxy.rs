@@ -92,8 +92,28 @@ pub async fn handle(
     // Copy what the access log needs before the request is consumed (only when it is on).
     let log_head = shared.log.ticket().map(|sec| (sec, LogHead::of(&req)));
 
+    // During an attack, what the episode needs is copied before the request is consumed.
+    let episode_head = (shared.attack.mode() != qalqan_detect::Mode::Normal).then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().get(header::USER_AGENT).cloned(),
+        )
+    });
     let (resp, decision) = serve(&shared, &rt, &conn, route, client, req).await;
     shared.metrics.decision(decision);
+    if let Some((method, uri, ua)) = episode_head {
+        shared.attack.observe(&qalqan_detect::Request {
+            addr: client,
+            asn: None,
+            country: None,
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+            user_agent: ua.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            decision: decision.as_str(),
+        });
+    }
     if let Some((sec, h)) = log_head {
         shared.log.write(
             &Entry {

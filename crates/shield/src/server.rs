@@ -131,6 +131,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    tasks.push(tokio::spawn(attack_ticker(shared.clone(), rx.clone())));
     Ok(Running {
         listen: bound,
         admin,
@@ -161,6 +162,41 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .context("the certificate and key do not form a usable pair")?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (episode and override times).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Feeds the attack detector once a second from the shield's own counters.
+async fn attack_ticker(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_total = shared.metrics.total_requests();
+    let mut last_hist = shared.metrics.origin_histogram();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let total = shared.metrics.total_requests();
+        let hist = shared.metrics.origin_histogram();
+        let rt = shared.runtime.load();
+        let capacity: usize = rt.routes.iter().map(|r| r.cfg.max_in_flight).sum();
+        let in_flight = shared.metrics.origin_in_flight.load(Relaxed).max(0);
+        let sample = qalqan_detect::Sample {
+            requests: total.saturating_sub(last_total),
+            origin_p95_ms: crate::metrics::Metrics::p95_ms(&last_hist, &hist),
+            origin_in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
+            origin_capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+        };
+        shared.attack.tick(unix_ms(), sample);
+        last_total = total;
+        last_hist = hist;
+    }
 }
 
 /// Releases the connection's slots when it ends.
@@ -643,8 +679,49 @@ async fn admin_loop(sock: TcpListener, shared: Arc<Shared>, mut shutdown: watch:
     }
 }
 
+/// `POST /mode?set=under-attack&for=2h` or `?set=auto`: the manual override.
+fn set_mode(shared: &Shared, query: Option<&str>) -> Result<String, String> {
+    let mut set = None;
+    let mut dur = None;
+    for kv in query.unwrap_or("").split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "set" => set = Some(v),
+            "for" => dur = Some(crate::config::parse_duration(v)?),
+            _ => {}
+        }
+    }
+    let now = unix_ms();
+    let ov = match set {
+        Some("auto") => qalqan_detect::Override::Auto,
+        Some("under-attack") | Some("under_attack") => {
+            let d = dur.ok_or("`for` is needed with under-attack, e.g. for=2h")?;
+            let until = now.saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64);
+            qalqan_detect::Override::UnderAttackUntil(until)
+        }
+        _ => return Err("set=under-attack&for=DURATION or set=auto".into()),
+    };
+    shared.attack.set_override(now, ov);
+    Ok(shared.attack.status_json())
+}
+
 fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let (status, ctype, body) = match req.uri().path() {
+        "/mode" if req.method() == http::Method::POST => {
+            match set_mode(shared, req.uri().query()) {
+                Ok(j) => (StatusCode::OK, "application/json", j),
+                Err(e) => (
+                    StatusCode::BAD_REQUEST,
+                    "text/plain; charset=utf-8",
+                    format!("{e}\n"),
+                ),
+            }
+        }
+        "/mode" => (
+            StatusCode::OK,
+            "application/json",
+            shared.attack.status_json(),
+        ),
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

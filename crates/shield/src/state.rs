@@ -349,6 +349,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// The access log.
     pub log: AccessLog,
+    /// Attack mode and the episode being recorded.
+    pub attack: crate::attack::Attack,
     /// When the last "untrusted X-Forwarded-For" warning was logged (ms).
     pub last_forwarded_warning: std::sync::atomic::AtomicU64,
 }
@@ -366,6 +368,10 @@ impl Shared {
             .retry_canceled_requests(true)
             .set_host(false)
             .build(connector);
+        let attack = crate::attack::Attack::new(
+            config.attack.detect.clone(),
+            config.attack.episodes_path.clone(),
+        );
         let window_ms = config
             .block
             .window
@@ -384,6 +390,7 @@ impl Shared {
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             log,
             last_forwarded_warning: std::sync::atomic::AtomicU64::new(0),
+            attack,
         })
     }
 
@@ -405,6 +412,7 @@ impl Shared {
                 + self.offenders.memory_bytes()) as u64,
             blocked: self.blocks.len(now) as u64,
             log_dropped: self.log.dropped(),
+            mode: self.attack.mode().as_str(),
         };
         self.metrics.render(&extra)
     }

@@ -657,3 +657,21 @@ pub fn pattern_bytes(n: usize, seed: u32) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Polls an async condition every 50 ms until it holds or `within` passes.
+pub async fn eventually_async<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

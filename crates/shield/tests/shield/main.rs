@@ -1,6 +1,7 @@
 //! Integration tests for the shield: a real origin on port 0, the real shield in front of it,
 //! real HTTP clients. One test binary; modules by capability.
 
+mod attack;
 mod cache;
 mod clients;
 mod common;

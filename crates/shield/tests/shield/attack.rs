@@ -1,0 +1,155 @@
+//! Attack mode: the detector fed by real traffic, the manual override through the admin
+//! listener, and the episode written when the attack ends.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::common::*;
+
+const FAST_DETECTION: &str = r#"
+[[route]]
+name = "default"
+rate_per_address = 0
+rate_per_prefix = 0
+"#;
+
+fn attack_section(path: &std::path::Path) -> String {
+    format!(
+        "[attack]\nwarmup = \"1s\"\nenter_after = \"1s\"\ncooldown = \"2s\"\nfloor_rps = 5.0\nepisodes_path = \"{}\"\n",
+        path.display()
+    )
+}
+
+async fn mode(admin: std::net::SocketAddr) -> String {
+    let g = get(admin, "/mode", &[]).await;
+    let v: serde_json::Value = serde_json::from_slice(&g.body).expect("mode is JSON");
+    v["mode"].as_str().unwrap_or("").to_string()
+}
+
+/// Sends requests from `tasks` concurrent clients for `d`.
+async fn flood(addr: std::net::SocketAddr, tasks: usize, d: Duration) -> usize {
+    let until = Instant::now() + d;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        handles.push(tokio::spawn(async move {
+            let c = client();
+            let mut n = 0;
+            while Instant::now() < until {
+                let req = http::Request::builder()
+                    .uri(format!("http://{addr}/search?q=number+one&t={t}"))
+                    .header("user-agent", "flood-bot/1.0")
+                    .body(http_body_util::Full::new(Bytes::new()))
+                    .unwrap();
+                if c.request(req).await.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap_or(0);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_enters_attack_mode_and_its_end_writes_an_episode() {
+    let origin = Origin::simple(Some("max-age=60")).await;
+    let dir = std::env::temp_dir().join(format!("qalqan-attack-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let extra = format!("{FAST_DETECTION}{}", attack_section(&dir));
+    let sh = shield_apart(&origin, &extra).await;
+    let admin = sh.admin.expect("admin listener");
+    assert_eq!(mode(admin).await, "normal");
+
+    // A quiet baseline, then a flood far above ten times it.
+    for _ in 0..6 {
+        let _ = get(sh.listen[0], "/article", &[]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        mode(admin).await,
+        "normal",
+        "quiet reading must not look like an attack"
+    );
+    let started = Instant::now();
+    let flood_task = tokio::spawn(flood(sh.listen[0], 8, Duration::from_secs(4)));
+    let entered = eventually_async(Duration::from_secs(5), || async {
+        mode(admin).await == "under_attack"
+    })
+    .await;
+    assert!(entered, "a flood did not enter under_attack within 5 s");
+    let detect_time = started.elapsed();
+    assert_eq!(
+        metric(admin, "qalqan_shield_mode{mode=\"under_attack\"}").await,
+        1.0
+    );
+    let sent = flood_task.await.unwrap();
+    assert!(
+        sent > 500,
+        "the flood was too small to mean anything: {sent}"
+    );
+
+    // After the flood, the mode steps down only after the cooldowns, then the episode is written.
+    assert_eq!(mode(admin).await, "under_attack", "no cooldown was kept");
+    let back = eventually_async(Duration::from_secs(10), || async {
+        mode(admin).await == "normal"
+    })
+    .await;
+    assert!(back, "the mode did not return to normal after the flood");
+    let text = std::fs::read_to_string(&dir).expect("an episode file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one attack, one episode: {text}");
+    let ep: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert!(ep["total_requests"].as_u64().unwrap_or(0) > 100, "{ep}");
+    assert!(
+        lines[0].contains("127.0.0.1"),
+        "the flooding address is a heavy hitter: {ep}"
+    );
+    assert!(
+        lines[0].contains("flood-bot/1.0"),
+        "the flood's user agent is recorded"
+    );
+    println!("detected in {detect_time:?}");
+    let _ = std::fs::remove_file(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_override_through_the_admin_listener() {
+    let origin = Origin::simple(None).await;
+    let dir = std::env::temp_dir().join(format!("qalqan-override-{}", std::process::id()));
+    let sh = shield_apart(&origin, &attack_section(&dir)).await;
+    let admin = sh.admin.expect("admin listener");
+    let set = send(
+        admin,
+        Method::POST,
+        "/mode?set=under-attack&for=1h",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(mode(admin).await, "under_attack");
+    let bad = send(
+        admin,
+        Method::POST,
+        "/mode?set=under-attack",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        bad.status, 400,
+        "under-attack without a duration is refused"
+    );
+    let bad = send(admin, Method::POST, "/mode?set=party", &[], Bytes::new()).await;
+    assert_eq!(bad.status, 400);
+    let auto = send(admin, Method::POST, "/mode?set=auto", &[], Bytes::new()).await;
+    assert_eq!(auto.status, 200);
+    assert_eq!(mode(admin).await, "normal");
+    let _ = std::fs::remove_file(&dir);
+}
