@@ -55,6 +55,15 @@ struct ShieldArgs {
 
 #[derive(Subcommand)]
 enum ShieldCmd {
+    /// List the attack episodes a shield recorded (its `[attack] episodes_path` file).
+    Episodes {
+        /// The episodes file.
+        #[arg(long, value_name = "FILE", default_value = "qalqan-episodes.jsonl")]
+        file: PathBuf,
+        /// Print the raw JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set the attack mode of a running shield through its admin listener.
     Mode {
         /// `under-attack` (with --for) or `auto`.
@@ -145,14 +154,62 @@ fn set_mode(mode: &str, duration: Option<&str>, admin: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// Prints one line per recorded episode, newest last.
+fn episodes(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let f = std::fs::File::open(file).with_context(|| {
+        format!(
+            "cannot open {} (no attack recorded yet, or give --file)",
+            file.display()
+        )
+    })?;
+    if !json {
+        println!(
+            "start (UTC)                   minutes  peak rps     requests  top address          top path"
+        );
+    }
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", file.display()))?;
+        if json {
+            println!("{line}");
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            eprintln!("line {}: not an episode, skipped", i + 1);
+            continue;
+        };
+        let start = v["start_ms"].as_u64().unwrap_or(0);
+        let end = v["end_ms"].as_u64().unwrap_or(start);
+        let top = |dim: &str| {
+            v["heavy_hitters"][dim][0]["key"]
+                .as_str()
+                .unwrap_or("-")
+                .chars()
+                .take(40)
+                .collect::<String>()
+        };
+        println!(
+            "{:<29} {:>7.1} {:>9} {:>12}  {:<20} {}",
+            qalqan_shield::accesslog::clf_time(start / 1000),
+            end.saturating_sub(start) as f64 / 60_000.0,
+            v["peak_rps"].as_u64().unwrap_or(0),
+            v["total_requests"].as_u64().unwrap_or(0),
+            top("addresses"),
+            top("paths"),
+        );
+    }
+    Ok(())
+}
+
 fn shield(a: ShieldArgs) -> anyhow::Result<()> {
-    if let Some(ShieldCmd::Mode {
-        mode,
-        duration,
-        admin,
-    }) = &a.action
-    {
-        return set_mode(mode, duration.as_deref(), admin);
+    match &a.action {
+        Some(ShieldCmd::Mode {
+            mode,
+            duration,
+            admin,
+        }) => return set_mode(mode, duration.as_deref(), admin),
+        Some(ShieldCmd::Episodes { file, json }) => return episodes(file, *json),
+        None => {}
     }
     let mut config = match &a.config {
         Some(path) => qalqan_shield::load_config(path)?,

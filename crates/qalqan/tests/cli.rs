@@ -572,3 +572,60 @@ async fn shield_mode_command_sets_and_clears_the_override() {
     let st = shield.terminate(Duration::from_secs(12)).await;
     assert!(st.success(), "{st}");
 }
+
+#[test]
+fn shield_episodes_lists_recorded_attacks() {
+    let dir = TempDir::new("episodes");
+    let mut e = qalqan_detect::Episode::new(1_795_774_110_000);
+    for i in 0..50u64 {
+        let addr = if i % 5 == 0 {
+            "198.51.100.9"
+        } else {
+            "203.0.113.7"
+        };
+        e.observe(
+            &qalqan_detect::Request {
+                addr: addr.parse().unwrap(),
+                asn: None,
+                country: None,
+                method: "GET",
+                path: "/search",
+                query: "q=number+one",
+                user_agent: "bot",
+                decision: "limited",
+            },
+            i,
+        );
+    }
+    e.record_second(1_795_774_111_000, 50);
+    e.finish(1_795_774_410_000);
+    let file = dir.0.join("episodes.jsonl");
+    let line = serde_json::to_string(&e).unwrap();
+    std::fs::write(&file, format!("{line}\nnot json\n")).unwrap();
+    let out = run(&["shield", "episodes", "--file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = table.lines().nth(1).expect("one row");
+    assert!(row.starts_with("27/Nov/2026:10:08:30 +0000"), "{row}");
+    assert!(
+        row.contains("203.0.113.7") && row.contains("/search") && row.contains(" 50 "),
+        "{row}"
+    );
+    assert!(text(&out.stderr).contains("line 2: not an episode"));
+    let out = run(&[
+        "shield",
+        "episodes",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(text(&out.stdout).lines().next(), Some(line.as_str()));
+    let out = run(&[
+        "shield",
+        "episodes",
+        "--file",
+        dir.0.join("none").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no attack recorded yet"));
+}
