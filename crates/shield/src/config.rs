@@ -199,6 +199,8 @@ pub struct RawAttack {
     pub warmup: Option<Dur>,
     /// Half-life of the learned baseline.
     pub half_life: Option<Dur>,
+    /// Under attack, every rate limit is divided by this factor (1 = unchanged).
+    pub tighten_limits: Option<f64>,
 }
 
 /// Attack mode settings, checked.
@@ -208,6 +210,8 @@ pub struct Attack {
     pub episodes_path: Option<PathBuf>,
     /// The detector's settings.
     pub detect: qalqan_detect::DetectConfig,
+    /// Rate-limit divisor under attack (≥ 1).
+    pub tighten_limits: f64,
 }
 
 /// `[server]`
@@ -920,7 +924,15 @@ impl RawConfig {
                 bad(format!("attack ({})", pr.key), pr.hint.to_string());
             }
         }
+        let tighten_limits = a.tighten_limits.unwrap_or(2.0);
+        if !(1.0..=100.0).contains(&tighten_limits) {
+            bad(
+                "attack.tighten_limits".into(),
+                "must be between 1 (unchanged) and 100".into(),
+            );
+        }
         let attack = Attack {
+            tighten_limits,
             episodes_path: match a.episodes_path.as_deref() {
                 None => Some(PathBuf::from("qalqan-episodes.jsonl")),
                 Some("") => None,

@@ -256,10 +256,16 @@ fn protect(
         return Verdict::Refuse(r, Decision::Blocked);
     }
     let cfg = &route.cfg;
+    // Under attack every limit is tightened by the configured factor.
+    let tighten = if shared.attack.mode() == qalqan_detect::Mode::UnderAttack {
+        rt.config.attack.tighten_limits
+    } else {
+        1.0
+    };
     let mut limited = false;
     if cfg.rate_per_address > 0 {
         let n = route.by_addr.observe(addr_key, now);
-        limited |= n > f64::from(cfg.rate_per_address);
+        limited |= n > f64::from(cfg.rate_per_address) / tighten;
     }
     if cfg.rate_per_prefix > 0 {
         let c = &rt.config.client;
@@ -268,7 +274,7 @@ fn protect(
             .hasher
             .hash_ip(net.network(), tag::PREFIX ^ net.prefix_len());
         let n = route.by_prefix.observe(key, now);
-        limited |= n > f64::from(cfg.rate_per_prefix);
+        limited |= n > f64::from(cfg.rate_per_prefix) / tighten;
     }
     if !limited {
         return Verdict::Go;
@@ -342,7 +348,14 @@ async fn serve(
     // 3. The cache. Requests with credentials never read it (a logged-in editor must not get an
     // anonymous copy), but may fall back to a stale copy if the origin fails.
     let cached = shared.store.get(&key);
-    if has_credentials(req.headers()) || *req.method() == Method::HEAD && cached.is_none() {
+    // Under attack a Cookie no longer opens a way around the cache (a flood would simply add
+    // one); Authorization still does.
+    let credentials = if shared.attack.mode() == qalqan_detect::Mode::UnderAttack {
+        req.headers().contains_key(header::AUTHORIZATION)
+    } else {
+        has_credentials(req.headers())
+    };
+    if credentials || *req.method() == Method::HEAD && cached.is_none() {
         return pass(shared, rt, conn, route, client, req, cached).await;
     }
     let now = Instant::now();
@@ -353,6 +366,16 @@ async fn serve(
                 return (r, Decision::CacheHit);
             }
             EntryState::Stale => {
+                let target = req.uri().clone();
+                revalidate_in_background(shared, rt, conn, route, client, &req, target, key);
+                let r = from_cache(entry, req.method(), req.headers(), CacheStatus::Stale, now);
+                return (r, Decision::Stale);
+            }
+            // Under attack, any copy still inside its stale-if-error window is served to
+            // everyone while one refresh runs: the origin sees one request per key, not the flood.
+            EntryState::StaleIfError
+                if shared.attack.mode() == qalqan_detect::Mode::UnderAttack =>
+            {
                 let target = req.uri().clone();
                 revalidate_in_background(shared, rt, conn, route, client, &req, target, key);
                 let r = from_cache(entry, req.method(), req.headers(), CacheStatus::Stale, now);

@@ -153,3 +153,82 @@ async fn manual_override_through_the_admin_listener() {
     assert_eq!(mode(admin).await, "normal");
     let _ = std::fs::remove_file(&dir);
 }
+
+async fn force_under_attack(admin: std::net::SocketAddr) {
+    let set = send(
+        admin,
+        Method::POST,
+        "/mode?set=under-attack&for=1h",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_attack_limits_are_tightened() {
+    let origin = Origin::simple(Some("no-store")).await;
+    let dir = std::env::temp_dir().join(format!("qalqan-tighten-{}", std::process::id()));
+    let extra = format!(
+        "[[route]]\nname = \"default\"\nrate_per_address = 6\nrate_per_prefix = 0\n{}tighten_limits = 3.0\n",
+        attack_section(&dir)
+    );
+    let sh = shield_apart(&origin, &extra).await;
+    let admin = sh.admin.expect("admin listener");
+    let mut ok_normal = 0;
+    for _ in 0..10 {
+        if get_from(lo(2), sh.listen[0], "/a", &[]).await.status == 200 {
+            ok_normal += 1;
+        }
+    }
+    force_under_attack(admin).await;
+    let mut ok_attack = 0;
+    for _ in 0..10 {
+        if get_from(lo(3), sh.listen[0], "/a", &[]).await.status == 200 {
+            ok_attack += 1;
+        }
+    }
+    assert_eq!(ok_normal, 6, "normal mode keeps the configured rate");
+    assert_eq!(
+        ok_attack, 2,
+        "under attack the rate is divided by tighten_limits"
+    );
+    let _ = std::fs::remove_file(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_attack_stale_copies_go_to_everyone_and_cookies_do_not_bypass() {
+    let origin = Origin::simple(Some("max-age=1")).await;
+    let dir = std::env::temp_dir().join(format!("qalqan-stale-{}", std::process::id()));
+    let extra = format!(
+        "[[route]]\nname = \"default\"\nrate_per_address = 0\nrate_per_prefix = 0\nstale_while_revalidate = \"0s\"\n{}",
+        attack_section(&dir)
+    );
+    let sh = shield_apart(&origin, &extra).await;
+    let admin = sh.admin.expect("admin listener");
+    let first = get(sh.listen[0], "/page", &[]).await;
+    assert_eq!(first.header("x-qalqan-cache"), Some("miss"));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Normal mode: an expired copy is not served while the origin is fine.
+    let normal = get(sh.listen[0], "/page", &[]).await;
+    assert_eq!(normal.header("x-qalqan-cache"), Some("miss"));
+    assert_eq!(origin.count("/page"), 2);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    force_under_attack(admin).await;
+    let before = origin.count("/page");
+    for i in 0..20 {
+        let cookie = format!("session={i}");
+        let g = get(sh.listen[0], "/page", &[("cookie", cookie.as_str())]).await;
+        assert_eq!(g.status, 200);
+        assert_ne!(g.header("x-qalqan-cache"), Some("bypass"), "request {i}");
+        assert_ne!(g.header("x-qalqan-cache"), Some("miss"), "request {i}");
+    }
+    assert!(
+        origin.count("/page") <= before + 1,
+        "under attack the origin saw more than one refresh: {} -> {}",
+        before,
+        origin.count("/page")
+    );
+    let _ = std::fs::remove_file(&dir);
+}
