@@ -185,18 +185,12 @@ fn client_ip(shared: &Shared, rt: &Runtime, conn: &ConnInfo, headers: &HeaderMap
         return peer;
     }
     if !conn.peer_trusted {
-        let n = shared.metrics.untrusted_forwarded.fetch_add(1, Relaxed);
-        // Say it loudly, but at most once a minute: a flood must not become a log flood.
-        let now = qalqan_limits::now_ms();
-        let last = shared.last_forwarded_warning.load(Relaxed);
-        if (n == 0 || now.saturating_sub(last) >= 60_000)
-            && shared
-                .last_forwarded_warning
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
+        shared.metrics.untrusted_forwarded.fetch_add(1, Relaxed);
+        // Said loudly, but at most once a minute.
+        if let Some(more) = shared.log_forwarded.allow() {
             tracing::warn!(
                 peer = %peer,
+                similar_since_last = more,
                 "X-Forwarded-For from a peer outside client.trusted_proxies was ignored; if the \
                  shield is behind a CDN or load balancer, list its addresses there"
             );
@@ -284,7 +278,15 @@ fn protect(
         if offences > f64::from(block.after_limited) {
             let until = now.saturating_add(block.duration.as_millis() as u64);
             shared.blocks.block(block_key, until);
-            tracing::info!(client = %client, route = %cfg.name, "repeat offender blocked for {:?}", block.duration);
+            if let Some(more) = shared.log_blocked.allow() {
+                tracing::info!(
+                    client = %client,
+                    route = %cfg.name,
+                    others_since_last = more,
+                    "repeat offender blocked for {:?}",
+                    block.duration
+                );
+            }
         }
     }
     Verdict::Refuse(

@@ -252,7 +252,9 @@ async fn accept_loop(
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                if let Some(more) = shared.log_accept.allow() {
+                    tracing::warn!(error = %e, similar_since_last = more, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }

@@ -47,6 +47,43 @@ pub fn subscriber(ip: IpAddr, client: &crate::config::Client) -> IpAddr {
     }
 }
 
+/// At most one log line per interval for an event that a flood can repeat (a flood must not
+/// become a log flood); the lines not written are counted and reported with the next one.
+pub struct LogBudget {
+    every_ms: u64,
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    /// One line per `every_ms`; the first event is always logged.
+    pub fn new(every_ms: u64) -> Self {
+        LogBudget {
+            every_ms,
+            last: AtomicU64::new(u64::MAX),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this event may be logged (`n` events were suppressed since the last
+    /// line), `None` when it must be counted silently.
+    pub fn allow(&self) -> Option<u64> {
+        let now = qalqan_limits::now_ms();
+        let last = self.last.load(Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= self.every_ms;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
+}
+
 /// Origin concurrency cap with a short bounded queue for one route class.
 pub struct Gate {
     sem: Arc<Semaphore>,
@@ -351,8 +388,12 @@ pub struct Shared {
     pub log: AccessLog,
     /// Attack mode and the episode being recorded.
     pub attack: crate::attack::Attack,
-    /// When the last "untrusted X-Forwarded-For" warning was logged (ms).
-    pub last_forwarded_warning: std::sync::atomic::AtomicU64,
+    /// Log budgets for events a flood can repeat: one line per interval, with a count of the rest.
+    pub log_forwarded: LogBudget,
+    /// See `log_forwarded`.
+    pub log_blocked: LogBudget,
+    /// See `log_forwarded`.
+    pub log_accept: LogBudget,
 }
 
 impl Shared {
@@ -389,7 +430,9 @@ impl Shared {
             client,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             log,
-            last_forwarded_warning: std::sync::atomic::AtomicU64::new(0),
+            log_forwarded: LogBudget::new(60_000),
+            log_blocked: LogBudget::new(1_000),
+            log_accept: LogBudget::new(1_000),
             attack,
         })
     }
@@ -415,5 +458,22 @@ impl Shared {
             mode: self.attack.mode().as_str(),
         };
         self.metrics.render(&extra)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let b = LogBudget::new(60_000);
+        assert_eq!(b.allow(), Some(0), "the first event is always logged");
+        for _ in 0..1000 {
+            assert_eq!(b.allow(), None);
+        }
+        let fast = LogBudget::new(0);
+        assert_eq!(fast.allow(), Some(0));
+        assert_eq!(fast.allow(), Some(0));
     }
 }
