@@ -177,6 +177,8 @@ pub struct RawConfig {
     pub route: Vec<RawRoute>,
     /// Automatic attack mode and episode records.
     pub attack: RawAttack,
+    /// The proof-of-work challenge.
+    pub challenge: RawChallenge,
 }
 
 /// `[attack]`
@@ -372,6 +374,67 @@ pub struct RawRoute {
     pub fold_query_case: Option<bool>,
     /// `open` (readers, default) or `closed` (admin paths) when protection logic fails.
     pub fail: Option<FailMode>,
+    /// When clients without clearance get the proof-of-work challenge: `never`, `attack`
+    /// (only in under_attack mode) or `always`.
+    pub challenge: Option<ChallengePolicy>,
+}
+
+/// When a route class challenges clients that hold no clearance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChallengePolicy {
+    /// Never (feeds, static files, APIs).
+    Never,
+    /// Only while the shield is under attack.
+    Attack,
+    /// Always (a page that is attacked all the time).
+    Always,
+}
+
+/// `[challenge]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawChallenge {
+    /// Hex secret (at least 32 bytes) shared by every shield node; generated at start if absent.
+    pub secret: Option<String>,
+    /// Leading zero bits of SHA-256 the browser must find (12 ≈ 4,096 hashes, well under a
+    /// second on a slow phone).
+    pub difficulty: Option<u8>,
+    /// How long a challenge may be answered.
+    pub ttl: Option<Dur>,
+    /// How long a clearance cookie lasts.
+    pub clearance_ttl: Option<Dur>,
+    /// The wait before the no-JavaScript path lets a reader through.
+    pub nojs_delay: Option<Dur>,
+    /// Who readers may contact if they are stuck (shown on the page).
+    pub contact: Option<String>,
+}
+
+/// Challenge settings, checked.
+#[derive(Clone)]
+pub struct Challenge {
+    /// Signing keys.
+    pub keys: qalqan_challenge::Keys,
+    /// Required work.
+    pub difficulty: u8,
+    /// Challenge lifetime.
+    pub ttl: Duration,
+    /// Clearance lifetime.
+    pub clearance_ttl: Duration,
+    /// No-JS wait.
+    pub nojs_delay: Duration,
+    /// Contact line.
+    pub contact: String,
+}
+
+impl fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The keys print as `Secret(…)`; nothing secret reaches a log.
+        f.debug_struct("Challenge")
+            .field("difficulty", &self.difficulty)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A listener, checked.
@@ -506,6 +569,8 @@ pub struct Route {
     pub fold_query_case: bool,
     /// Fail mode.
     pub fail: FailMode,
+    /// Challenge policy.
+    pub challenge: ChallengePolicy,
 }
 
 /// The checked configuration.
@@ -533,6 +598,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Attack mode.
     pub attack: Attack,
+    /// The challenge.
+    pub challenge: Challenge,
     /// Warnings to print loudly at start (config is usable).
     pub warnings: Vec<String>,
 }
@@ -876,6 +943,7 @@ impl RawConfig {
                 cache_min_uses: r.cache_min_uses.unwrap_or(1),
                 fold_query_case: r.fold_query_case.unwrap_or(false),
                 fail: r.fail.unwrap_or(FailMode::Open),
+                challenge: r.challenge.unwrap_or(ChallengePolicy::Never),
             });
         }
         if !names.contains("default") {
@@ -896,6 +964,7 @@ impl RawConfig {
                 cache_min_uses: 1,
                 fold_query_case: false,
                 fail: FailMode::Open,
+                challenge: ChallengePolicy::Never,
             });
         }
 
@@ -940,6 +1009,31 @@ impl RawConfig {
             },
             detect,
         };
+
+        let ch = &self.challenge;
+        let keys = match ch.secret.as_deref() {
+            Some(hex) => match qalqan_challenge::Secret::from_hex(hex) {
+                Ok(s) => Some(qalqan_challenge::Keys::new(s)),
+                Err(e) => {
+                    bad("challenge.secret".into(), e.to_string());
+                    None
+                }
+            },
+            None => Some(qalqan_challenge::Keys::new(
+                qalqan_challenge::Secret::generate(random_bytes()),
+            )),
+        };
+        let difficulty = ch.difficulty.unwrap_or(12);
+        if difficulty > 24 {
+            bad(
+                "challenge.difficulty".into(),
+                "at most 24 bits: above that slow phones wait minutes".into(),
+            );
+        }
+        let challenge_ttl = ch.ttl.map_or(Duration::from_secs(120), |d| d.0);
+        if !(Duration::from_secs(10)..=Duration::from_secs(600)).contains(&challenge_ttl) {
+            bad("challenge.ttl".into(), "must be between 10s and 10m".into());
+        }
 
         let mut warnings = qalqan_net::cidr::audit_trusted(&trusted);
         if listen.iter().any(|l| l.proxy_protocol) && trusted.is_empty() {
@@ -1009,13 +1103,48 @@ impl RawConfig {
             access_log,
             routes,
             attack,
+            challenge: Challenge {
+                keys: keys.ok_or_else(|| ConfigError::one("challenge.secret", "invalid"))?,
+                difficulty,
+                ttl: challenge_ttl,
+                clearance_ttl: ch
+                    .clearance_ttl
+                    .map_or(Duration::from_secs(12 * 3600), |d| d.0),
+                nojs_delay: ch.nojs_delay.map_or(Duration::from_secs(5), |d| d.0),
+                contact: ch.contact.clone().unwrap_or_default(),
+            },
             warnings,
         })
     }
 }
 
+/// 32 random bytes from the operating system (a fresh challenge secret, nonces).
+pub fn random_bytes() -> [u8; 32] {
+    use std::io::Read as _;
+    let mut b = [0u8; 32];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        // No /dev/urandom: fall back on std's per-process random hash keys, mixed with time.
+        use std::hash::{BuildHasher as _, Hasher as _};
+        for chunk in b.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    b
+}
+
 /// Keys whose values are durations and sizes, wherever they appear.
-const DURATION_KEYS: [&str; 15] = [
+const DURATION_KEYS: [&str; 18] = [
+    "clearance_ttl",
+    "nojs_delay",
     "enter_after",
     "cooldown",
     "warmup",
@@ -1028,6 +1157,7 @@ const DURATION_KEYS: [&str; 15] = [
     "duration",
     "lock_timeout",
     "queue_timeout",
+    "ttl",
     "cache_ttl",
     "stale_while_revalidate",
     "stale_if_error",
@@ -1182,6 +1312,7 @@ pub fn default_routes() -> Vec<RawRoute> {
             cache_ttl: Some(Dur(Duration::from_secs(60))),
             cache_min_uses: Some(3),
             fold_query_case: Some(true),
+            challenge: Some(ChallengePolicy::Attack),
             ..RawRoute::default()
         },
         RawRoute {

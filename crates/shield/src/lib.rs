@@ -9,6 +9,7 @@
 pub mod accesslog;
 pub mod attack;
 pub mod body;
+pub mod challenge;
 pub mod config;
 pub mod metrics;
 pub mod pages;

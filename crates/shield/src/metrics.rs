@@ -25,11 +25,13 @@ pub enum Decision {
     Error,
     /// Refused as malformed or too large (400/413).
     Rejected,
+    /// Answered with the proof-of-work challenge (or a refused answer to it).
+    Challenge,
 }
 
 impl Decision {
     /// All decisions, in metric order.
-    pub const ALL: [Decision; 8] = [
+    pub const ALL: [Decision; 9] = [
         Decision::Pass,
         Decision::CacheHit,
         Decision::Stale,
@@ -38,6 +40,7 @@ impl Decision {
         Decision::Shed,
         Decision::Error,
         Decision::Rejected,
+        Decision::Challenge,
     ];
 
     /// The label.
@@ -51,6 +54,7 @@ impl Decision {
             Decision::Shed => "shed",
             Decision::Error => "error",
             Decision::Rejected => "rejected",
+            Decision::Challenge => "challenge",
         }
     }
 
@@ -81,7 +85,7 @@ pub enum ConnDrop {
 /// The shield's counters.
 #[derive(Default)]
 pub struct Metrics {
-    decisions: [AtomicU64; 8],
+    decisions: [AtomicU64; 9],
     origin_buckets: [AtomicU64; 12],
     origin_count: AtomicU64,
     origin_sum_micros: AtomicU64,

@@ -213,6 +213,7 @@ fn protect(
     route: &RouteState,
     client: IpAddr,
     headers: &HeaderMap,
+    clearance: Option<&qalqan_challenge::Clearance>,
 ) -> Verdict {
     let lists = &rt.config.lists;
     let ua = headers.get(header::USER_AGENT).map(|v| v.as_bytes());
@@ -237,7 +238,12 @@ fn protect(
         return Verdict::Go;
     }
     let now = qalqan_limits::now_ms();
-    let addr_key = shared.hasher.hash_ip(client, tag::ADDR);
+    // A reader holding a clearance is counted by its clearance, not its address, so readers
+    // behind one carrier NAT do not share one budget.
+    let addr_key = match clearance {
+        Some(c) => shared.hasher.hash_bytes(&c.id, tag::CLEARANCE),
+        None => shared.hasher.hash_ip(client, tag::ADDR),
+    };
     let block = &rt.config.block;
     let block_key = shared.hasher.hash_ip(
         crate::state::subscriber(client, &rt.config.client),
@@ -273,26 +279,40 @@ fn protect(
     if !limited {
         return Verdict::Go;
     }
-    if block.enabled {
-        let offences = shared.offenders.observe(addr_key, now);
-        if offences > f64::from(block.after_limited) {
-            let until = now.saturating_add(block.duration.as_millis() as u64);
-            shared.blocks.block(block_key, until);
-            if let Some(more) = shared.log_blocked.allow() {
-                tracing::info!(
-                    client = %client,
-                    route = %cfg.name,
-                    others_since_last = more,
-                    "repeat offender blocked for {:?}",
-                    block.duration
-                );
-            }
-        }
-    }
+    offence(shared, rt, client, &cfg.name);
     Verdict::Refuse(
         page(StatusCode::TOO_MANY_REQUESTS, "limited", Some(1)),
         Decision::Limited,
     )
+}
+
+/// Counts one offence (over a limit, a forged or replayed challenge answer) against the client;
+/// a client with too many in the window is blocked.
+fn offence(shared: &Shared, rt: &Runtime, client: IpAddr, route: &str) {
+    let block = &rt.config.block;
+    if !block.enabled {
+        return;
+    }
+    let now = qalqan_limits::now_ms();
+    let addr_key = shared.hasher.hash_ip(client, tag::ADDR);
+    let offences = shared.offenders.observe(addr_key, now);
+    if offences > f64::from(block.after_limited) {
+        let block_key = shared.hasher.hash_ip(
+            crate::state::subscriber(client, &rt.config.client),
+            tag::ADDR,
+        );
+        let until = now.saturating_add(block.duration.as_millis() as u64);
+        shared.blocks.block(block_key, until);
+        if let Some(more) = shared.log_blocked.allow() {
+            tracing::info!(
+                client = %client,
+                route = %route,
+                others_since_last = more,
+                "repeat offender blocked for {:?}",
+                block.duration
+            );
+        }
+    }
 }
 
 async fn serve(
@@ -303,8 +323,17 @@ async fn serve(
     client: IpAddr,
     req: Request<Incoming>,
 ) -> (Response<Body>, Decision) {
+    // A clearance matters only where challenges can be asked for, and is checked only then.
+    let mode = shared.attack.mode();
+    let wants_challenge = crate::challenge::wanted(route.cfg.challenge, mode);
+    let clearance = if wants_challenge || mode == qalqan_detect::Mode::UnderAttack {
+        let bind = crate::challenge::binding(client, req.headers());
+        crate::challenge::clearance(&rt.config, req.headers(), &bind)
+    } else {
+        None
+    };
     let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        protect(shared, rt, route, client, req.headers())
+        protect(shared, rt, route, client, req.headers(), clearance.as_ref())
     }));
     match verdict {
         Ok(Verdict::Go) => {}
@@ -318,6 +347,28 @@ async fn serve(
                 );
             }
         }
+    }
+
+    // The shield's own endpoints (challenge answers).
+    if req.uri().path().starts_with(crate::challenge::PREFIX) {
+        let (r, d, suspicious) = crate::challenge::endpoint(
+            &rt.config,
+            &shared.challenge,
+            client,
+            req.uri().path(),
+            req.uri().query().unwrap_or(""),
+            req.headers(),
+            conn.tls,
+        );
+        if suspicious {
+            offence(shared, rt, client, &route.cfg.name);
+        }
+        return (r, d);
+    }
+    if wants_challenge && clearance.is_none() {
+        let ret = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let r = crate::challenge::page(&rt.config, client, req.headers(), ret);
+        return (r, Decision::Challenge);
     }
 
     // Oversized bodies are refused before anything reaches the origin.
@@ -1195,4 +1246,9 @@ pub fn fuzz_request_head(rt: &Runtime, parts: &mut http::request::Parts, tls: bo
     }
     let client = client_from_xff(conn.peer.ip(), &values, &rt.config.client.trusted_proxies).ip;
     let _ = upstream_request(rt, &conn, client, parts, upgrade);
+    let _ = crate::challenge::clearance(
+        &rt.config,
+        &parts.headers,
+        &crate::challenge::binding(client, &parts.headers),
+    );
 }

@@ -36,6 +36,8 @@ pub mod tag {
     pub const PREFIX: u8 = 2;
     /// A cache key.
     pub const KEY: u8 = 3;
+    /// A clearance id.
+    pub const CLEARANCE: u8 = 4;
 }
 
 /// The identity blocks and connection caps count: the address for IPv4, the configured prefix
@@ -388,6 +390,8 @@ pub struct Shared {
     pub log: AccessLog,
     /// Attack mode and the episode being recorded.
     pub attack: crate::attack::Attack,
+    /// Spent challenge nonces.
+    pub challenge: crate::challenge::ChallengeState,
     /// Log budgets for events a flood can repeat: one line per interval, with a count of the rest.
     pub log_forwarded: LogBudget,
     /// See `log_forwarded`.
@@ -430,6 +434,7 @@ impl Shared {
             client,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             log,
+            challenge: crate::challenge::ChallengeState::new(),
             log_forwarded: LogBudget::new(60_000),
             log_blocked: LogBudget::new(1_000),
             log_accept: LogBudget::new(1_000),

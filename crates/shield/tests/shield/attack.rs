@@ -232,3 +232,182 @@ async fn under_attack_stale_copies_go_to_everyone_and_cookies_do_not_bypass() {
     );
     let _ = std::fs::remove_file(&dir);
 }
+
+/// The value of `name="…"`-style attribute `attr` in an HTML page (first occurrence).
+fn attr(html: &str, attr: &str) -> String {
+    let start = html.find(&format!("{attr}=\"")).expect("attribute present") + attr.len() + 2;
+    let end = html[start..].find('"').expect("closing quote") + start;
+    html[start..end].replace("&amp;", "&")
+}
+
+const UA: (&str, &str) = ("user-agent", "Mozilla/5.0 (test reader)");
+
+/// Search challenged under attack, feeds never; limits high enough not to interfere.
+const CHALLENGE_ROUTES: &str = r#"
+[[route]]
+name = "search"
+path_prefix = ["/search"]
+rate_per_address = 1000
+rate_per_prefix = 10000
+challenge = "attack"
+[[route]]
+name = "feeds"
+path_prefix = ["/feed"]
+rate_per_address = 1000
+rate_per_prefix = 10000
+[[route]]
+name = "default"
+rate_per_address = 1000
+rate_per_prefix = 10000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_attack_search_is_challenged_and_a_solved_challenge_clears_the_reader() {
+    let origin = Origin::simple(Some("no-store")).await;
+    let dir = std::env::temp_dir().join(format!("qalqan-chal-{}", std::process::id()));
+    let extra = format!(
+        "{CHALLENGE_ROUTES}{}[challenge]\ndifficulty = 8\n",
+        attack_section(&dir)
+    );
+    let sh = shield_apart(&origin, &extra).await;
+    let admin = sh.admin.expect("admin listener");
+    let addr = sh.listen[0];
+    assert_eq!(
+        get(addr, "/search?q=a", &[UA]).await.status,
+        200,
+        "normal mode: no challenge"
+    );
+    force_under_attack(admin).await;
+
+    let page = get(
+        addr,
+        "/search?q=b",
+        &[UA, ("accept-language", "kk-KZ,ru;q=0.8")],
+    )
+    .await;
+    assert_eq!(page.status, 403);
+    assert_eq!(page.header("x-qalqan-decision"), Some("challenge"));
+    let html = page.text();
+    assert!(html.len() < 20 * 1024, "the page is {} bytes", html.len());
+    assert!(html.contains("lang=\"kk\""), "Kazakh by Accept-Language");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external resources"
+    );
+    let before = origin.count("/search");
+    let token = attr(&html, "data-t");
+    assert_eq!(attr(&html, "data-d"), "8");
+
+    // A client that does not solve it never reaches the origin.
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/search?q=b", &[UA]).await.status, 403);
+    }
+    let bad = get(
+        addr,
+        &format!("/.qalqan/verify?t={token}&c=0&r=/search"),
+        &[UA],
+    )
+    .await;
+    if qalqan_challenge::work_bits(&token, 0) < 8 {
+        assert_eq!(bad.status, 403, "no work, no clearance");
+    }
+
+    // The browser's work, done here in Rust: the same SHA-256 rule.
+    let counter = qalqan_challenge::solve(&token, 8, 1 << 24).expect("solvable");
+    let ok = get(
+        addr,
+        &format!("/.qalqan/verify?t={token}&c={counter}&r=%2Fsearch%3Fq%3Db"),
+        &[UA],
+    )
+    .await;
+    assert_eq!(ok.status, 303, "{}", ok.text());
+    assert_eq!(ok.header("location"), Some("/search?q=b"));
+    let set = ok
+        .header("set-cookie")
+        .expect("a clearance cookie")
+        .to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    let cleared = get(addr, "/search?q=b", &[UA, ("cookie", cookie.as_str())]).await;
+    assert_eq!(cleared.status, 200, "a cleared reader reaches the page");
+    assert_eq!(
+        origin.count("/search"),
+        before + 1,
+        "only the cleared request reached the origin"
+    );
+    let again = get(addr, "/search?q=c", &[UA, ("cookie", cookie.as_str())]).await;
+    assert_eq!(
+        again.status, 200,
+        "a cleared reader is not challenged again"
+    );
+
+    // The same answer twice is refused; a cookie from another browser is worth nothing.
+    let replay = get(
+        addr,
+        &format!("/.qalqan/verify?t={token}&c={counter}&r=/"),
+        &[UA],
+    )
+    .await;
+    assert_eq!(replay.status, 403);
+    assert_eq!(replay.header("x-qalqan-reason"), Some("already used"));
+    let other_ua = get(
+        addr,
+        "/search?q=b",
+        &[("user-agent", "curl/8"), ("cookie", cookie.as_str())],
+    )
+    .await;
+    assert_eq!(
+        other_ua.status, 403,
+        "the clearance is bound to the browser"
+    );
+
+    // Feeds are never challenged, even under attack.
+    assert_eq!(get(addr, "/feed/", &[UA]).await.status, 200);
+    let _ = std::fs::remove_file(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_javascript_readers_pass_by_waiting() {
+    let origin = Origin::simple(Some("no-store")).await;
+    let dir = std::env::temp_dir().join(format!("qalqan-nojs-{}", std::process::id()));
+    let extra = format!(
+        "{CHALLENGE_ROUTES}{}[challenge]\nnojs_delay = \"1s\"\n",
+        attack_section(&dir)
+    );
+    let sh = shield_apart(&origin, &extra).await;
+    force_under_attack(sh.admin.expect("admin")).await;
+    let addr = sh.listen[0];
+    let page = get(addr, "/search?q=x", &[UA]).await;
+    assert_eq!(page.status, 403);
+    let html = page.text();
+    assert!(
+        html.contains("<noscript><meta http-equiv=\"refresh\""),
+        "meta refresh for no-JS"
+    );
+    let link = attr(&html, "href");
+    assert!(link.starts_with("/.qalqan/nojs?"), "{link}");
+    // Too early: asked to wait, no clearance.
+    let early = get(addr, &link, &[UA]).await;
+    assert_eq!(early.status, 403);
+    assert!(early.header("set-cookie").is_none());
+    assert!(early.text().contains("http-equiv=\"refresh\""));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let ok = get(addr, &link, &[UA]).await;
+    assert_eq!(ok.status, 303, "{}", ok.text());
+    let cookie = ok
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let cleared = get(addr, "/search?q=x", &[UA, ("cookie", cookie.as_str())]).await;
+    assert_eq!(cleared.status, 200);
+    // The waiting token is single-use too.
+    assert_eq!(get(addr, &link, &[UA]).await.status, 403);
+    let _ = std::fs::remove_file(&dir);
+}
