@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests drive as real peers. None is needed by the current tests beyond the
-# Rust toolchain; adding one here is a one-line change.
-need_apt=()
+# System packages the tests drive as real peers: Debian's Chromium for the challenge's
+# end-to-end test.
+need_apt=(chromium)
 missing=()
 for pkg in "${need_apt[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -15,6 +15,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+
+# The DevTools client the browser test uses.
+python3 -c "import websocket" 2>/dev/null || python3 -m pip install -q websocket-client
 
 # PostgreSQL and Redis run on every machine of this kind; tests that need them read these URLs
 # and say clearly when they skip.
@@ -26,6 +29,10 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 
+# The challenge in a real headless Chromium, against the binary the tests just built.
+cargo build -p qalqan --locked
+python3 tests/browser/challenge_e2e.py target/debug/qalqan 2>&1 | tee -a "$log"
+
 # One closing line for the whole run, summed over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^(test result|browser):/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
