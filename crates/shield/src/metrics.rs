@@ -101,6 +101,14 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Requests whose X-Forwarded-For came from an untrusted peer (ignored).
     pub untrusted_forwarded: AtomicU64,
+    /// Challenge pages served.
+    pub challenges_issued: AtomicU64,
+    /// Challenge answers accepted (clearances given).
+    pub challenges_solved: AtomicU64,
+    /// Challenge answers refused.
+    pub challenges_failed: AtomicU64,
+    /// Requests let through on a clearance where a challenge was wanted.
+    pub cleared_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -293,6 +301,19 @@ impl Metrics {
             "Refused configuration reloads.",
             self.reloads_failed.load(Relaxed),
         );
+        o.push_str("# HELP qalqan_shield_challenge_total The challenge funnel.\n# TYPE qalqan_shield_challenge_total counter\n");
+        for (stage, v) in [
+            ("issued", &self.challenges_issued),
+            ("solved", &self.challenges_solved),
+            ("failed", &self.challenges_failed),
+            ("cleared_request", &self.cleared_requests),
+        ] {
+            let _ = writeln!(
+                o,
+                "qalqan_shield_challenge_total{{stage=\"{stage}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
         counter(
             &mut o,
             "qalqan_shield_untrusted_forwarded_total",

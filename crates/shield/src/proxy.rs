@@ -360,12 +360,22 @@ async fn serve(
             req.headers(),
             conn.tls,
         );
+        let m = &shared.metrics;
+        if r.status() == StatusCode::SEE_OTHER {
+            m.challenges_solved.fetch_add(1, Relaxed);
+        } else if r.headers().contains_key("x-qalqan-reason") {
+            m.challenges_failed.fetch_add(1, Relaxed);
+        }
         if suspicious {
             offence(shared, rt, client, &route.cfg.name);
         }
         return (r, d);
     }
+    if wants_challenge && clearance.is_some() {
+        shared.metrics.cleared_requests.fetch_add(1, Relaxed);
+    }
     if wants_challenge && clearance.is_none() {
+        shared.metrics.challenges_issued.fetch_add(1, Relaxed);
         let ret = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let r = crate::challenge::page(&rt.config, client, req.headers(), ret);
         return (r, Decision::Challenge);

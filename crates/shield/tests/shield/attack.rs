@@ -365,6 +365,13 @@ async fn under_attack_search_is_challenged_and_a_solved_challenge_clears_the_rea
         "the clearance is bound to the browser"
     );
 
+    // The funnel: pages issued, one answer solved, two refused (no work, replay), cleared requests.
+    let stage = |s: &str| format!("qalqan_shield_challenge_total{{stage=\"{s}\"}}");
+    assert!(metric(admin, &stage("issued")).await >= 4.0);
+    assert_eq!(metric(admin, &stage("solved")).await, 1.0);
+    assert!(metric(admin, &stage("failed")).await >= 1.0);
+    assert_eq!(metric(admin, &stage("cleared_request")).await, 2.0);
+
     // Feeds are never challenged, even under attack.
     assert_eq!(get(addr, "/feed/", &[UA]).await.status, 200);
     let _ = std::fs::remove_file(&dir);
