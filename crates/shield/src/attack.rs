@@ -15,6 +15,7 @@ use qalqan_detect::{DetectConfig, Detector, Episode, Mode, Override, Sample, Tra
 /// The shield's attack state.
 pub struct Attack {
     mode: AtomicU8,
+    extra_bits: AtomicU8,
     inner: Mutex<Inner>,
     episodes_path: Option<PathBuf>,
 }
@@ -47,6 +48,7 @@ impl Attack {
     pub fn new(cfg: DetectConfig, episodes_path: Option<PathBuf>) -> Self {
         Attack {
             mode: AtomicU8::new(0),
+            extra_bits: AtomicU8::new(0),
             inner: Mutex::new(Inner {
                 detector: Detector::new(cfg),
                 episode: None,
@@ -60,6 +62,11 @@ impl Attack {
     /// The mode now (one atomic load).
     pub fn mode(&self) -> Mode {
         from_code(self.mode.load(Relaxed))
+    }
+
+    /// Bits added to the challenge difficulty now (0 unless under attack; see [`extra_bits`]).
+    pub fn extra_difficulty(&self) -> u8 {
+        self.extra_bits.load(Relaxed)
     }
 
     /// Adds one request to the current episode, if there is one. Never waits.
@@ -86,6 +93,12 @@ impl Attack {
             return None;
         };
         let t = g.detector.tick(now_ms, sample);
+        let extra = if g.detector.mode() == Mode::UnderAttack {
+            extra_bits(g.detector.last_rps() / g.detector.baseline_rps().max(1.0))
+        } else {
+            0
+        };
+        self.extra_bits.store(extra, Relaxed);
         if let Some(e) = g.episode.as_mut() {
             e.record_second(now_ms, sample.requests);
         }
@@ -158,5 +171,33 @@ impl Attack {
             "last_transition": g.last_transition,
         })
         .to_string()
+    }
+}
+
+/// Extra challenge difficulty for a request rate `ratio` times the baseline: one bit (twice the
+/// work) per doubling above ten times the baseline, at most four (sixteen times the work), so a
+/// bigger flood pays more while a slow phone still passes in a few seconds.
+pub fn extra_bits(ratio: f64) -> u8 {
+    if !ratio.is_finite() || ratio < 20.0 {
+        return 0;
+    }
+    ((ratio / 10.0).log2().floor() as u8).min(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn difficulty_grows_with_the_flood_and_is_capped() {
+        assert_eq!(extra_bits(f64::NAN), 0);
+        assert_eq!(extra_bits(5.0), 0);
+        assert_eq!(extra_bits(10.0), 0);
+        assert_eq!(extra_bits(20.0), 1);
+        assert_eq!(extra_bits(40.0), 2);
+        assert_eq!(extra_bits(80.0), 3);
+        assert_eq!(extra_bits(160.0), 4);
+        assert_eq!(extra_bits(400.0), 4, "the Kursiv flood: capped");
+        assert_eq!(extra_bits(f64::INFINITY), 0);
     }
 }

@@ -223,13 +223,22 @@ wk.onmessage=function(e){location.replace('/.qalqan/verify?t='+t+'&c='+e.data+'&
 wk.postMessage({t:t,n:n})}catch(x){}
 })();"#;
 
-/// The challenge page for a request without clearance.
-pub fn page(cfg: &Config, client: IpAddr, headers: &HeaderMap, return_to: &str) -> Response<Body> {
+/// The challenge page for a request without clearance. `extra_bits` raises the configured
+/// difficulty as the attack grows (answers are accepted down to the configured difficulty, so a
+/// page issued a moment earlier still counts).
+pub fn page(
+    cfg: &Config,
+    client: IpAddr,
+    headers: &HeaderMap,
+    return_to: &str,
+    extra_bits: u8,
+) -> Response<Body> {
     let c = &cfg.challenge;
     let bind = binding(client, headers);
     let now = unix_secs();
     let ttl = c.ttl.as_secs();
-    let pow = Challenge::new(nonce(), c.difficulty, SCOPE_POW, bind, now, ttl).sign(&c.keys);
+    let difficulty = c.difficulty.saturating_add(extra_bits).min(24);
+    let pow = Challenge::new(nonce(), difficulty, SCOPE_POW, bind, now, ttl).sign(&c.keys);
     let nojs = Challenge::new(nonce(), 0, SCOPE_NOJS, bind, now, ttl).sign(&c.keys);
     let lang = language(headers);
     let w = words(lang);
@@ -255,7 +264,7 @@ pub fn page(cfg: &Config, client: IpAddr, headers: &HeaderMap, return_to: &str) 
         what = w.what,
         wait = w.wait,
         nojs = w.nojs,
-        diff = c.difficulty,
+        diff = difficulty,
         nojs_url_a = esc(&nojs_url),
         ret_a = esc(&ret),
     );

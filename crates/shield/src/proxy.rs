@@ -377,7 +377,8 @@ async fn serve(
     if wants_challenge && clearance.is_none() {
         shared.metrics.challenges_issued.fetch_add(1, Relaxed);
         let ret = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let r = crate::challenge::page(&rt.config, client, req.headers(), ret);
+        let extra = shared.attack.extra_difficulty();
+        let r = crate::challenge::page(&rt.config, client, req.headers(), ret, extra);
         return (r, Decision::Challenge);
     }
 
