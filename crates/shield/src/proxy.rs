@@ -339,7 +339,14 @@ async fn serve(
         Ok(Verdict::Go) => {}
         Ok(Verdict::Refuse(r, d)) => return (r, d),
         Err(_) => {
-            tracing::error!(route = %route.cfg.name, "protection logic failed; applying the route's fail mode");
+            // A bug that trips on every request must not become a log flood.
+            if let Some(more) = shared.log_guard.allow() {
+                tracing::error!(
+                    route = %route.cfg.name,
+                    similar_since_last = more,
+                    "protection logic failed; applying the route's fail mode"
+                );
+            }
             if route.cfg.fail == FailMode::Closed {
                 return (
                     page(StatusCode::SERVICE_UNAVAILABLE, "shed", Some(5)),

@@ -122,11 +122,6 @@ impl Gate {
             _ => None,
         }
     }
-
-    /// Requests in flight through this gate now.
-    pub fn in_flight(&self, max: usize) -> usize {
-        max.saturating_sub(self.sem.available_permits())
-    }
 }
 
 /// One route class with its live counters.
@@ -398,6 +393,8 @@ pub struct Shared {
     pub log_blocked: LogBudget,
     /// See `log_forwarded`.
     pub log_accept: LogBudget,
+    /// See `log_forwarded`.
+    pub log_guard: LogBudget,
 }
 
 impl Shared {
@@ -438,6 +435,7 @@ impl Shared {
             log_forwarded: LogBudget::new(60_000),
             log_blocked: LogBudget::new(1_000),
             log_accept: LogBudget::new(1_000),
+            log_guard: LogBudget::new(1_000),
             attack,
         })
     }
