@@ -18,6 +18,10 @@ fi
 
 # The DevTools client the browser test uses.
 python3 -c "import websocket" 2>/dev/null || python3 -m pip install -q websocket-client
+# An independent check of the atlas's hand-written OpenAPI 3.1 document.
+python3 -c "import openapi_spec_validator" 2>/dev/null || python3 -m pip install -q openapi-spec-validator
+# The OASIS STIX 2.1 validator and TAXII 2.1 client, run against the atlas (offline).
+python3 -c "import stix2validator, taxii2client" 2>/dev/null || python3 -m pip install -q stix2-validator taxii2-client
 
 # PostgreSQL and Redis run on every machine of this kind; tests that need them read these URLs
 # and say clearly when they skip.
@@ -32,7 +36,24 @@ cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 # The challenge in a real headless Chromium, against the binary the tests just built.
 cargo build -p qalqan --locked
 python3 tests/browser/challenge_e2e.py target/debug/qalqan 2>&1 | tee -a "$log"
+# The atlas dashboard in the same browser: log in, file an incident, switch language, with and
+# without JavaScript (screenshots in target/test-artifacts/atlas/).
+python3 tests/browser/atlas_e2e.py target/debug/qalqan 2>&1 | tee -a "$log"
+
+# The atlas's STIX export through the OASIS validator, its TAXII server through the OASIS client.
+python3 tests/stix/validate.py target/debug/qalqan 2>&1 | tee -a "$log"
+
+# The atlas's OpenAPI document against the OpenAPI 3.1 schema (the Rust tests check that it
+# names exactly the routes the router serves).
+python3 - crates/atlas/src/openapi.json <<'PY' 2>&1 | tee -a "$log"
+import sys
+from openapi_spec_validator import validate
+from openapi_spec_validator.readers import read_from_filename
+spec, _ = read_from_filename(sys.argv[1])
+validate(spec)
+print("openapi: valid OpenAPI", spec["openapi"], "document,", len(spec["paths"]), "paths")
+PY
 
 # One closing line for the whole run, summed over every test binary.
-awk '/^(test result|browser):/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^(test result|browser|stix):/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"

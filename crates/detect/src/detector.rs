@@ -56,6 +56,9 @@ pub enum Reason {
         /// The baseline it was compared with.
         baseline_rps: f64,
     },
+    /// The shield's queue for the origin overflowed: it was already refusing requests because
+    /// the origin could not keep up (see [`Detector::origin_overflow`]).
+    OriginQueueFull,
     /// The origin stayed saturated (in-flight requests or latency).
     OriginSaturated {
         /// In-flight requests in the deciding second.
@@ -132,6 +135,8 @@ pub struct Detector {
     calm_attack: u32,
     /// Whether the origin counted as saturated last tick (for its own hysteresis).
     saturated: bool,
+    /// An origin queue overflowed since the last tick: that tick counts as saturated.
+    overflowed: bool,
     last_rps: f64,
 }
 
@@ -158,6 +163,7 @@ impl Detector {
             calm_elevated: 0,
             calm_attack: 0,
             saturated: false,
+            overflowed: false,
             last_rps: 0.0,
             config,
         }
@@ -242,11 +248,12 @@ impl Detector {
         };
         // The origin has its own hysteresis: once saturated it must come back below
         // the lower exit thresholds before it counts as recovered.
-        let saturated = if self.saturated {
-            load >= cfg.saturation_exit_ratio || latency_ratio >= cfg.latency_exit_factor
-        } else {
-            load >= cfg.saturation_enter_ratio || latency_ratio >= cfg.latency_enter_factor
-        };
+        let saturated = std::mem::take(&mut self.overflowed)
+            || if self.saturated {
+                load >= cfg.saturation_exit_ratio || latency_ratio >= cfg.latency_exit_factor
+            } else {
+                load >= cfg.saturation_enter_ratio || latency_ratio >= cfg.latency_enter_factor
+            };
         self.saturated = saturated;
 
         let rate_attack = rate_counts && ratio >= cfg.attack_enter_factor;
@@ -319,6 +326,35 @@ impl Detector {
                 self.switch(now_ms, self.auto_mode, Reason::OverrideEnded)
             }
             None => reason.and_then(|why| self.switch(now_ms, self.auto_mode, why)),
+        }
+    }
+
+    /// The shield's queue for the origin overflowed just now: requests are being refused
+    /// because the origin cannot keep up. Escalates one level at once, without waiting for
+    /// the next tick or for `enter_after_secs`; the caller calls it again for the next level,
+    /// so `Elevated` is still passed through (an episode starts there) but a flood that fills
+    /// the queue is `UnderAttack` within milliseconds instead of seconds. The next tick counts
+    /// as saturated, so the mode cannot cool down while the queue keeps overflowing.
+    ///
+    /// A full queue is direct evidence, not a statistic: the readers whose requests are shed
+    /// are already being refused, so the harder mode (challenges, cache-only answers) can only
+    /// help them. It applies during the warm-up too, like any origin saturation.
+    pub fn origin_overflow(&mut self, now_ms: u64) -> Option<Transition> {
+        self.overflowed = true;
+        self.saturated = true;
+        let enter = self.config.enter_after_secs;
+        self.hot_elevated = self.hot_elevated.max(enter);
+        self.hot_attack = self.hot_attack.max(enter);
+        self.calm_elevated = 0;
+        self.calm_attack = 0;
+        let next = match self.auto_mode {
+            Mode::Normal => Mode::Elevated,
+            Mode::Elevated | Mode::UnderAttack => Mode::UnderAttack,
+        };
+        self.auto_mode = next;
+        match self.override_until {
+            Some(until) if now_ms < until => None,
+            _ => self.switch(now_ms, next, Reason::OriginQueueFull),
         }
     }
 
@@ -452,6 +488,30 @@ mod tests {
         run.feed(rate(12), 600);
         assert!(run.detector.baseline_rps() > 11.0);
         assert_eq!(run.transitions.len(), 4);
+    }
+
+    #[test]
+    fn a_full_origin_queue_escalates_at_once_and_holds_the_mode() {
+        let mut run = Run::quiet();
+        let d = &mut run.detector;
+        let t1 = d.origin_overflow(500_000).expect("normal -> elevated");
+        assert_eq!((t1.from, t1.to), (Mode::Normal, Mode::Elevated));
+        assert_eq!(t1.reason, Reason::OriginQueueFull);
+        let t2 = d
+            .origin_overflow(500_000)
+            .expect("elevated -> under attack");
+        assert_eq!((t2.from, t2.to), (Mode::Elevated, Mode::UnderAttack));
+        assert_eq!(d.origin_overflow(500_001), None, "already there");
+        // Quiet traffic, but the queue keeps overflowing: no cooldown.
+        for s in 0..120u64 {
+            let _ = d.origin_overflow(501_000 + s * 1000);
+            assert_eq!(d.tick(501_500 + s * 1000, rate(10)), None);
+        }
+        // The overflow stops: the cooldown runs as for any attack.
+        run.feed(rate(10), 59);
+        assert_eq!(run.detector.mode(), Mode::UnderAttack);
+        run.feed(rate(10), 1);
+        assert_eq!(run.detector.mode(), Mode::Elevated);
     }
 
     #[test]

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+mod atlas_cmd;
+mod evidence_cmd;
+mod sweep_cmd;
+
 use qalqan_shield::config::{RawAdmin, RawClient, RawConfig, RawListener, RawOrigin, RawServer};
 
 #[derive(Parser)]
@@ -23,9 +27,51 @@ struct Cli {
 enum Command {
     /// Run the shield: a reverse proxy that keeps the site readable under an HTTP flood.
     Shield(ShieldArgs),
+    /// Run the atlas: the task force's shared attack registry (dashboard and API).
+    Atlas(atlas_cmd::AtlasArgs),
+    /// Find bot floods in exported social-channel data (Telegram, YouTube, CSV).
+    Sweep(sweep_cmd::SweepArgs),
+    /// Check evidence packages made by the atlas (for the police and lawyers who receive them).
+    #[command(subcommand)]
+    Evidence(evidence_cmd::EvidenceCmd),
     /// Print or check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Country and autonomous-system data for attack episodes.
+    #[command(subcommand)]
+    Geo(GeoCmd),
+}
+
+#[derive(Subcommand)]
+enum GeoCmd {
+    /// Convert the upstream `@ip-location-db` files into the compact files the shield loads
+    /// (`[geo] dir`); `scripts/update-geo.sh` fetches them from npm and runs this.
+    Build {
+        /// Country MMDB with IPv4 and IPv6 (geo-whois-asn-country.mmdb).
+        #[arg(long, value_name = "FILE")]
+        country_mmdb: PathBuf,
+        /// IPv4 ASN CSV (asn-ipv4.csv).
+        #[arg(long, value_name = "FILE")]
+        asn_csv_v4: PathBuf,
+        /// IPv6 ASN CSV (asn-ipv6.csv).
+        #[arg(long, value_name = "FILE")]
+        asn_csv_v6: PathBuf,
+        /// Directory for country.txt.gz and asn.txt.gz.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A line of provenance written at the top of both files (repeatable).
+        #[arg(long, value_name = "TEXT")]
+        note: Vec<String>,
+    },
+    /// Look addresses up: country and autonomous system.
+    Lookup {
+        /// Addresses, IPv4 or IPv6.
+        #[arg(required = true)]
+        ip: Vec<std::net::IpAddr>,
+        /// Data built by `qalqan geo build` (default: the data built into this binary).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -93,11 +139,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Shield(a) => shield(a),
+        Command::Atlas(a) => atlas_cmd::run(a),
+        Command::Sweep(a) => sweep_cmd::run(a),
+        Command::Evidence(cmd) => evidence_cmd::run(cmd),
         Command::Config(ConfigCmd::Default) => {
             print!("{}", qalqan_shield::config::DEFAULT_TOML);
             Ok(())
         }
         Command::Config(ConfigCmd::Check { file }) => check(&file),
+        Command::Geo(cmd) => geo(cmd),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +169,65 @@ fn check(file: &std::path::Path) -> anyhow::Result<()> {
         cfg.routes.len()
     );
     Ok(())
+}
+
+fn geo(cmd: GeoCmd) -> anyhow::Result<()> {
+    match cmd {
+        GeoCmd::Build {
+            country_mmdb,
+            asn_csv_v4,
+            asn_csv_v6,
+            out,
+            note,
+        } => {
+            let sources = qalqan_geo::build::Sources {
+                country_mmdb,
+                asn_csv_v4,
+                asn_csv_v6,
+            };
+            let started = std::time::Instant::now();
+            let r = qalqan_geo::build::build(&sources, &out, &note)?;
+            println!(
+                "{}: country {} networks -> {} IPv4 + {} IPv6 ranges ({} bytes); ASN {} rows, {} systems -> {} IPv4 + {} IPv6 ranges ({} bytes); {} overlaps cut; {:.1} s",
+                out.display(),
+                r.country_networks,
+                r.country_ranges.0,
+                r.country_ranges.1,
+                r.bytes.0,
+                r.asn_rows,
+                r.systems,
+                r.asn_ranges.0,
+                r.asn_ranges.1,
+                r.bytes.1,
+                r.overlaps,
+                started.elapsed().as_secs_f64(),
+            );
+            Ok(())
+        }
+        GeoCmd::Lookup { ip, dir } => {
+            let started = std::time::Instant::now();
+            let g = match &dir {
+                Some(d) => std::sync::Arc::new(qalqan_geo::Geo::load_dir(d)?),
+                None => qalqan_geo::Geo::embedded()?,
+            };
+            eprintln!(
+                "loaded in {:.0} ms, {:.1} MiB",
+                started.elapsed().as_secs_f64() * 1000.0,
+                g.memory_bytes() as f64 / f64::from(1 << 20)
+            );
+            for a in ip {
+                let cc = g.country(a).map_or_else(
+                    || "-".to_string(),
+                    |c| String::from_utf8_lossy(&c).into_owned(),
+                );
+                let asn = g
+                    .asn(a)
+                    .map_or_else(|| "-".to_string(), |x| format!("AS{} {}", x.number, x.org));
+                println!("{a}\t{cc}\t{asn}");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Asks a running shield's admin listener to change its mode; prints the new state.
@@ -165,7 +274,7 @@ fn episodes(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     })?;
     if !json {
         println!(
-            "start (UTC)                   minutes  peak rps     requests  top address          top path"
+            "start (UTC)                   minutes  peak rps     requests  top address          cc  top AS                        top path"
         );
     }
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -188,13 +297,25 @@ fn episodes(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 .take(40)
                 .collect::<String>()
         };
+        // The top AS with its organisation, as the shield names it from `[geo]`.
+        let asn = &v["heavy_hitters"]["asns"][0];
+        let top_as = match asn["key"].as_u64() {
+            Some(n) => format!("AS{n} {}", asn["org"].as_str().unwrap_or(""))
+                .trim_end()
+                .chars()
+                .take(29)
+                .collect::<String>(),
+            None => "-".to_string(),
+        };
         println!(
-            "{:<29} {:>7.1} {:>9} {:>12}  {:<20} {}",
+            "{:<29} {:>7.1} {:>9} {:>12}  {:<20} {:<3} {:<29} {}",
             qalqan_shield::accesslog::clf_time(start / 1000),
             end.saturating_sub(start) as f64 / 60_000.0,
             v["peak_rps"].as_u64().unwrap_or(0),
             v["total_requests"].as_u64().unwrap_or(0),
             top("addresses"),
+            top("countries"),
+            top_as,
             top("paths"),
         );
     }

@@ -337,6 +337,32 @@ fn config_check_of_a_missing_file_says_so() {
     );
 }
 
+#[test]
+fn config_check_never_prints_the_atlas_token() {
+    let dir = TempDir::new("atlas-token");
+    let base = "[[listen]]\naddress = \"127.0.0.1:8080\"\n[origin]\nurl = \"http://127.0.0.1:8081\"\n[atlas]\nsite = \"https://kursiv.media\"\n";
+    // Plain http to a public address: accepted with a warning, which names the URL, not the token.
+    let warned = dir.file(
+        "warned.toml",
+        &format!("{base}url = \"http://203.0.113.5\"\ntoken = \"qat_secret_in_clear\"\n"),
+    );
+    // A token with a space cannot be sent: refused, without quoting it.
+    let bad = dir.file(
+        "bad.toml",
+        &format!("{base}url = \"http://127.0.0.1:9\"\ntoken = \"qat_secret with_space\"\n"),
+    );
+    let out = run(&["config", "check", warned.to_str().unwrap()]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("token travels in clear"), "{all}");
+    assert!(!all.contains("qat_secret"), "{all}");
+    let out = run(&["config", "check", bad.to_str().unwrap()]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success());
+    assert!(all.contains("atlas.token: "), "{all}");
+    assert!(!all.contains("qat_secret"), "{all}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_mode_serves_and_proxies() {
     let origin = origin().await;
@@ -583,11 +609,12 @@ fn shield_episodes_lists_recorded_attacks() {
         } else {
             "203.0.113.7"
         };
+        let kz = i % 5 != 0;
         e.observe(
             &qalqan_detect::Request {
                 addr: addr.parse().unwrap(),
-                asn: None,
-                country: None,
+                asn: kz.then_some(9198),
+                country: kz.then_some(*b"KZ"),
                 method: "GET",
                 path: "/search",
                 query: "q=number+one",
@@ -600,7 +627,10 @@ fn shield_episodes_lists_recorded_attacks() {
     e.record_second(1_795_774_111_000, 50);
     e.finish(1_795_774_410_000);
     let file = dir.0.join("episodes.jsonl");
-    let line = serde_json::to_string(&e).unwrap();
+    // The shield names each AS from its geo data when it writes the episode.
+    let mut v = serde_json::to_value(&e).unwrap();
+    v["heavy_hitters"]["asns"][0]["org"] = "JSC Kazakhtelecom".into();
+    let line = v.to_string();
     std::fs::write(&file, format!("{line}\nnot json\n")).unwrap();
     let out = run(&["shield", "episodes", "--file", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -610,6 +640,10 @@ fn shield_episodes_lists_recorded_attacks() {
     assert!(
         row.contains("203.0.113.7") && row.contains("/search") && row.contains(" 50 "),
         "{row}"
+    );
+    assert!(
+        row.contains(" KZ ") && row.contains("AS9198 JSC Kazakhtelecom"),
+        "the top country and AS are listed: {row}"
     );
     assert!(text(&out.stderr).contains("line 2: not an episode"));
     let out = run(&[

@@ -1,6 +1,7 @@
 //! Attack mode as the shield runs it: the detector fed once a second from the shield's own
 //! counters, the episode being recorded while the mode is not `normal`, the manual override, and
-//! finished episodes appended to a JSON-lines file.
+//! finished episodes appended to a JSON-lines file and offered to the atlas (`push`), whose
+//! queue this module only fills.
 //!
 //! The request path only reads an atomic to learn the mode; while an attack is on it adds the
 //! request to the episode with `try_lock`, so it never waits on the recorder.
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
+use arc_swap::ArcSwapOption;
 use qalqan_detect::{DetectConfig, Detector, Episode, Mode, Override, Sample, Transition};
 
 /// The shield's attack state.
@@ -18,6 +20,16 @@ pub struct Attack {
     extra_bits: AtomicU8,
     inner: Mutex<Inner>,
     episodes_path: Option<PathBuf>,
+    /// Country and ASN tables (`[geo]`); swapped by a reload.
+    geo: ArcSwapOption<qalqan_geo::Geo>,
+    /// Episodes on their way to the atlas (`[atlas]`).
+    push: crate::push::Pusher,
+    /// Woken when the mode becomes `under_attack`: requests waiting in an origin queue that
+    /// now need a challenge get it instead of their turn at the origin.
+    began: tokio::sync::Notify,
+    /// When an origin queue last reported an overflow (ms), so a flood's sheds reach the
+    /// detector a few times a second rather than thousands of times.
+    overflow_ms: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -25,6 +37,8 @@ struct Inner {
     episode: Option<Episode>,
     last_transition: Option<Transition>,
     rng: u64,
+    /// When the open episode was last offered to the atlas (Unix ms).
+    last_push_ms: u64,
 }
 
 fn code(m: Mode) -> u8 {
@@ -54,9 +68,56 @@ impl Attack {
                 episode: None,
                 last_transition: None,
                 rng: 0x9E37_79B9_7F4A_7C15,
+                last_push_ms: 0,
             }),
             episodes_path,
+            geo: ArcSwapOption::empty(),
+            push: crate::push::Pusher::new(),
+            began: tokio::sync::Notify::new(),
+            overflow_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Notified when the mode becomes `under_attack` (see [`Attack::overflow`] and the ticker).
+    pub fn began(&self) -> &tokio::sync::Notify {
+        &self.began
+    }
+
+    /// An origin queue overflowed (a request was shed): the strongest sign that the origin
+    /// cannot keep up, so it escalates the mode at once instead of at the next ticks (see
+    /// [`qalqan_detect::Detector::origin_overflow`]). Never waits: if the detector is busy,
+    /// the next shed tries again.
+    pub fn overflow(&self, now_ms: u64) {
+        let last = self.overflow_ms.load(Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < 100 {
+            return;
+        }
+        self.overflow_ms.store(now_ms.max(1), Relaxed);
+        let Ok(mut g) = self.inner.try_lock() else {
+            return;
+        };
+        // Two steps: normal -> elevated (the episode starts there) -> under_attack.
+        for _ in 0..2 {
+            let t = g.detector.origin_overflow(now_ms);
+            if self.apply(&mut g, now_ms, t).is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Sets the atlas episodes are pushed to (`None`: episodes stay local).
+    pub fn set_atlas(&self, atlas: Option<std::sync::Arc<crate::push::Settings>>) {
+        self.push.set_settings(atlas);
+    }
+
+    /// The atlas pusher (its queue, counters and settings).
+    pub fn pusher(&self) -> &crate::push::Pusher {
+        &self.push
+    }
+
+    /// Sets the country and ASN tables used for episodes (`None`: episodes go without).
+    pub fn set_geo(&self, geo: Option<std::sync::Arc<qalqan_geo::Geo>>) {
+        self.geo.store(geo);
     }
 
     /// The mode now (one atomic load).
@@ -74,6 +135,17 @@ impl Attack {
         if self.mode() == Mode::Normal {
             return;
         }
+        // Country and AS are looked up here, so only while an episode is open: two binary
+        // searches in memory, no IO, and nothing at all in normal mode.
+        let mut req = *req;
+        if let Some(geo) = self.geo.load().as_deref() {
+            if req.country.is_none() {
+                req.country = geo.country(req.addr);
+            }
+            if req.asn.is_none() {
+                req.asn = geo.asn(req.addr).map(|a| a.number);
+            }
+        }
         if let Ok(mut g) = self.inner.try_lock() {
             // xorshift: the reservoir sample only needs a cheap, non-adversarial spread.
             let mut x = g.rng;
@@ -82,7 +154,7 @@ impl Attack {
             x ^= x << 17;
             g.rng = x;
             if let Some(e) = g.episode.as_mut() {
-                e.observe(req, x);
+                e.observe(&req, x);
             }
         }
     }
@@ -102,7 +174,19 @@ impl Attack {
         if let Some(e) = g.episode.as_mut() {
             e.record_second(now_ms, sample.requests);
         }
-        self.apply(&mut g, now_ms, t)
+        let t = self.apply(&mut g, now_ms, t);
+        // A long attack is shown to the task force while it goes on: the open episode is offered
+        // every `send_while_open`; each snapshot replaces the previous one in the atlas.
+        let inner = &mut *g;
+        if let (Some(e), Some(every)) = (
+            inner.episode.as_ref(),
+            self.push.settings().and_then(|s| s.send_while_open),
+        ) && now_ms.saturating_sub(inner.last_push_ms) >= every.as_millis() as u64
+        {
+            inner.last_push_ms = now_ms;
+            self.push.offer(e);
+        }
+        t
     }
 
     /// Sets or clears the manual override.
@@ -117,16 +201,22 @@ impl Attack {
     fn apply(&self, g: &mut Inner, now_ms: u64, t: Option<Transition>) -> Option<Transition> {
         let t = t?;
         self.mode.store(code(t.to), Relaxed);
+        if t.to == Mode::UnderAttack {
+            self.began.notify_waiters();
+        }
         g.last_transition = Some(t);
         tracing::warn!(from = t.from.as_str(), to = t.to.as_str(), reason = ?t.reason, "attack mode changed");
         if t.from == Mode::Normal && g.episode.is_none() {
             g.episode = Some(Episode::new(now_ms));
+            g.last_push_ms = now_ms;
         }
         if t.to == Mode::Normal
             && let Some(mut e) = g.episode.take()
         {
             e.finish(now_ms);
             self.write_episode(&e);
+            // Queued, not sent: the push task posts it; nothing here waits on the atlas.
+            self.push.offer(&e);
         }
         Some(t)
     }
@@ -136,8 +226,11 @@ impl Attack {
         let Some(path) = &self.episodes_path else {
             return;
         };
-        let line = match serde_json::to_string(e) {
-            Ok(l) => l,
+        let line = match serde_json::to_value(e) {
+            Ok(mut v) => {
+                self.name_asns(&mut v);
+                v.to_string()
+            }
             Err(err) => {
                 tracing::error!(error = %err, "cannot serialise an attack episode");
                 return;
@@ -152,6 +245,29 @@ impl Attack {
             Ok(()) => tracing::info!(path = %path.display(), "attack episode recorded"),
             Err(err) => {
                 tracing::error!(path = %path.display(), error = %err, "cannot write an attack episode")
+            }
+        }
+    }
+
+    /// Adds each top AS's organisation to the episode's JSON (`{"key": 9198, "org": "JSC
+    /// Kazakhtelecom", …}`): the episode itself counts numbers only, names come from `[geo]`.
+    fn name_asns(&self, episode: &mut serde_json::Value) {
+        let guard = self.geo.load();
+        let Some(geo) = guard.as_deref() else {
+            return;
+        };
+        let asns = episode
+            .get_mut("heavy_hitters")
+            .and_then(|h| h.get_mut("asns"))
+            .and_then(serde_json::Value::as_array_mut);
+        for hit in asns.into_iter().flatten() {
+            let org = hit
+                .get("key")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(|n| geo.org(n));
+            if let (Some(org), Some(obj)) = (org, hit.as_object_mut()) {
+                obj.insert("org".into(), org.into());
             }
         }
     }

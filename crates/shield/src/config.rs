@@ -2,8 +2,8 @@
 //! produced by [`RawConfig::validate`] that reports every problem at once with its key path.
 //!
 //! Unknown keys are errors (collected with `serde_ignored`, so a typo anywhere is reported together
-//! with the other problems instead of one per run). Nothing here prints secrets: the shield has
-//! none yet besides TLS key paths, and paths are not secrets.
+//! with the other problems instead of one per run). Nothing here prints secrets: the challenge
+//! secret and the atlas token have `Debug` impls that hide them, and problems never quote them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -179,6 +179,73 @@ pub struct RawConfig {
     pub attack: RawAttack,
     /// The proof-of-work challenge.
     pub challenge: RawChallenge,
+    /// Country and autonomous system of clients in attack episodes.
+    pub geo: RawGeo,
+    /// Verified search-engine crawlers and link-preview fetchers.
+    pub goodbots: RawGoodBots,
+    /// The task force's atlas, where attack episodes are pushed.
+    pub atlas: RawAtlas,
+}
+
+/// `[atlas]`: off unless `url` is set. Checked by `crate::push::check`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawAtlas {
+    /// The atlas' base URL, `https://…` or `http://…`; empty or absent: episodes stay local.
+    pub url: Option<String>,
+    /// The outlet's ingest token (secret). Either this or `token_file`.
+    pub token: Option<String>,
+    /// A file holding the ingest token, so the configuration itself holds no secret.
+    pub token_file: Option<String>,
+    /// PEM file of the CA certificates trusted for an https atlas; absent: the system bundle.
+    pub ca_file: Option<String>,
+    /// The protected site's public URL, sent with every episode.
+    pub site: Option<String>,
+    /// This shield node's name in episode ids (default: the host name).
+    pub node: Option<String>,
+    /// Episode signals waiting at most while the atlas is unreachable (default 64).
+    pub queue: Option<usize>,
+    /// A key is sent only if it made at least this share of the episode's requests (and at
+    /// least 20 requests); default 0.005.
+    pub min_share: Option<f64>,
+    /// Push a running episode this often ("0s": only when it ends); default 60s.
+    pub send_while_open: Option<Dur>,
+}
+
+/// `[goodbots]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawGoodBots {
+    /// Never challenge verified good bots and count them per family (default true).
+    pub enabled: Option<bool>,
+    /// A directory of `*.txt` family files that replace or extend the built-in ones.
+    pub ranges_dir: Option<String>,
+    /// Also verify by forward-confirmed reverse DNS, looked up in the background (default false).
+    pub fcrdns: Option<bool>,
+    /// Requests per second all verified clients of one family may make together.
+    pub rate_per_family: Option<u32>,
+}
+
+/// `[geo]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawGeo {
+    /// Name the country and autonomous system of clients in attack episodes (default true).
+    pub enabled: Option<bool>,
+    /// Directory with `country.txt.gz` and `asn.txt.gz` from `qalqan geo build`; empty or
+    /// absent means the data built into the binary.
+    pub dir: Option<String>,
+}
+
+/// Geo settings, checked, with the data loaded.
+#[derive(Debug, Clone)]
+pub struct Geo {
+    /// `geo.enabled`.
+    pub enabled: bool,
+    /// `geo.dir`; `None` for the built-in data.
+    pub dir: Option<PathBuf>,
+    /// The tables; `None` when disabled.
+    pub data: Option<std::sync::Arc<qalqan_geo::Geo>>,
 }
 
 /// `[attack]`
@@ -377,6 +444,14 @@ pub struct RawRoute {
     /// When clients without clearance get the proof-of-work challenge: `never`, `attack`
     /// (only in under_attack mode) or `always`.
     pub challenge: Option<ChallengePolicy>,
+    /// Learn the origin concurrency from the origin's response times, with `max_in_flight` as
+    /// the ceiling (default true).
+    pub adaptive_concurrency: Option<bool>,
+    /// Under attack, uncached requests one clearance may send to the origin per
+    /// `attack_origin_budget_window` on a route that challenges (0 = no budget).
+    pub attack_origin_budget: Option<u32>,
+    /// The window of `attack_origin_budget`.
+    pub attack_origin_budget_window: Option<Dur>,
 }
 
 /// When a route class challenges clients that hold no clearance.
@@ -571,6 +646,12 @@ pub struct Route {
     pub fail: FailMode,
     /// Challenge policy.
     pub challenge: ChallengePolicy,
+    /// Adaptive origin concurrency (`max_in_flight` is then the ceiling).
+    pub adaptive_concurrency: bool,
+    /// Uncached origin-bound requests per clearance and window under attack; 0 = off.
+    pub attack_origin_budget: u32,
+    /// Window of the budget.
+    pub attack_origin_budget_window: Duration,
 }
 
 /// The checked configuration.
@@ -600,6 +681,12 @@ pub struct Config {
     pub attack: Attack,
     /// The challenge.
     pub challenge: Challenge,
+    /// Country and ASN data for episodes.
+    pub geo: Geo,
+    /// Verified good bots.
+    pub goodbots: crate::goodbots::Settings,
+    /// The atlas episodes are pushed to; `None`: off.
+    pub atlas: Option<std::sync::Arc<crate::push::Settings>>,
     /// Warnings to print loudly at start (config is usable).
     pub warnings: Vec<String>,
 }
@@ -922,6 +1009,28 @@ impl RawConfig {
             let path_regex = regex_set(&format!("{path}.path_regex"), &r.path_regex, &mut bad);
             let queue_timeout = r.queue_timeout.map_or(Duration::from_secs(2), |d| d.0);
             let cache_ttl = r.cache_ttl.map(|d| d.0).filter(|d| !d.is_zero());
+            let attack_origin_budget = r.attack_origin_budget.unwrap_or(10);
+            if attack_origin_budget > 100_000 {
+                bad(
+                    format!("{path}.attack_origin_budget"),
+                    "must be at most 100000 (0 turns the budget off)".into(),
+                );
+            }
+            let budget_window = r
+                .attack_origin_budget_window
+                .map_or(Duration::from_secs(60), |d| d.0);
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&budget_window) {
+                bad(
+                    format!("{path}.attack_origin_budget_window"),
+                    "must be between 1s and 1h".into(),
+                );
+            }
+            if r.adaptive_concurrency == Some(true) && r.max_in_flight.unwrap_or(0) == 0 {
+                bad(
+                    format!("{path}.adaptive_concurrency"),
+                    "needs `max_in_flight` (the ceiling the limit adapts under)".into(),
+                );
+            }
             routes.push(Route {
                 name: r.name.clone(),
                 methods,
@@ -944,6 +1053,9 @@ impl RawConfig {
                 fold_query_case: r.fold_query_case.unwrap_or(false),
                 fail: r.fail.unwrap_or(FailMode::Open),
                 challenge: r.challenge.unwrap_or(ChallengePolicy::Never),
+                adaptive_concurrency: r.adaptive_concurrency.unwrap_or(true),
+                attack_origin_budget,
+                attack_origin_budget_window: budget_window,
             });
         }
         if !names.contains("default") {
@@ -965,6 +1077,9 @@ impl RawConfig {
                 fold_query_case: false,
                 fail: FailMode::Open,
                 challenge: ChallengePolicy::Never,
+                adaptive_concurrency: true,
+                attack_origin_budget: 10,
+                attack_origin_budget_window: Duration::from_secs(60),
             });
         }
 
@@ -1035,12 +1150,90 @@ impl RawConfig {
             bad("challenge.ttl".into(), "must be between 10s and 10m".into());
         }
 
+        let g = &self.goodbots;
+        let rate_per_family = g.rate_per_family.unwrap_or(50);
+        if !(1..=100_000).contains(&rate_per_family) {
+            bad(
+                "goodbots.rate_per_family".into(),
+                "must be between 1 and 100000 requests per second".into(),
+            );
+        }
+        let ranges_dir = g
+            .ranges_dir
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        // The lists are read here, so `qalqan config check` and a reload report a broken file
+        // with its line instead of the shield starting without its good bots.
+        let families = match crate::goodbots::Families::load(ranges_dir.as_deref()) {
+            Ok(f) => std::sync::Arc::new(f),
+            Err(errs) => {
+                let key = if ranges_dir.is_some() {
+                    "goodbots.ranges_dir"
+                } else {
+                    "goodbots"
+                };
+                for e in errs {
+                    bad(key.into(), e);
+                }
+                std::sync::Arc::new(crate::goodbots::Families::empty())
+            }
+        };
+        let goodbots = crate::goodbots::Settings {
+            enabled: g.enabled.unwrap_or(true),
+            fcrdns: g.fcrdns.unwrap_or(false),
+            rate_per_family,
+            ranges_dir,
+            families,
+        };
+
+        // The geo data is loaded here rather than at start, so `qalqan config check` finds a bad
+        // file (with its line) and a reload with a bad one is refused like any other mistake.
+        // The built-in data is parsed once per process and shared.
+        let geo_enabled = self.geo.enabled.unwrap_or(true);
+        let geo_dir = self
+            .geo
+            .dir
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let geo_data = if geo_enabled {
+            let loaded = match &geo_dir {
+                Some(d) => qalqan_geo::Geo::load_dir(d).map(std::sync::Arc::new),
+                None => qalqan_geo::Geo::embedded(),
+            };
+            match loaded {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    let key = if geo_dir.is_some() { "geo.dir" } else { "geo" };
+                    bad(key.into(), e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let route_params: Vec<String> = routes
+            .iter()
+            .flat_map(|r| r.query_params.iter().cloned())
+            .collect();
+        let atlas = crate::push::check(&self.atlas, &route_params, &mut bad);
+
         let mut warnings = qalqan_net::cidr::audit_trusted(&trusted);
         if listen.iter().any(|l| l.proxy_protocol) && trusted.is_empty() {
             bad(
                 "client.trusted_proxies".into(),
                 "a listener expects the PROXY protocol but no peer is trusted to send it".into(),
             );
+        }
+        if let Some(a) = atlas.as_deref()
+            && a.token_in_clear()
+        {
+            warnings.push(format!(
+                "atlas.url {} is plain http to a public host: the ingest token travels in clear; use https",
+                a.url
+            ));
         }
         if let Some(a) = admin
             && !a.ip().is_loopback()
@@ -1113,6 +1306,13 @@ impl RawConfig {
                 nojs_delay: ch.nojs_delay.map_or(Duration::from_secs(5), |d| d.0),
                 contact: ch.contact.clone().unwrap_or_default(),
             },
+            geo: Geo {
+                enabled: geo_enabled,
+                dir: geo_dir,
+                data: geo_data,
+            },
+            goodbots,
+            atlas,
             warnings,
         })
     }
@@ -1142,7 +1342,9 @@ pub fn random_bytes() -> [u8; 32] {
 }
 
 /// Keys whose values are durations and sizes, wherever they appear.
-const DURATION_KEYS: [&str; 18] = [
+const DURATION_KEYS: [&str; 20] = [
+    "attack_origin_budget_window",
+    "send_while_open",
     "clearance_ttl",
     "nojs_delay",
     "enter_after",
@@ -1313,6 +1515,9 @@ pub fn default_routes() -> Vec<RawRoute> {
             cache_min_uses: Some(3),
             fold_query_case: Some(true),
             challenge: Some(ChallengePolicy::Attack),
+            adaptive_concurrency: Some(true),
+            attack_origin_budget: Some(10),
+            attack_origin_budget_window: Some(Dur(Duration::from_secs(60))),
             ..RawRoute::default()
         },
         RawRoute {
@@ -1407,6 +1612,67 @@ mod tests {
         assert_eq!(parse_bytes("32MiB"), Ok(32 << 20));
         assert_eq!(parse_bytes("10"), Ok(10));
         assert!(parse_bytes("1ZB").is_err());
+    }
+
+    #[test]
+    fn goodbots_problems_have_key_paths() {
+        let text = r#"
+            [origin]
+            url = "http://127.0.0.1:8080"
+            [[listen]]
+            address = "127.0.0.1:8000"
+            [goodbots]
+            rate_per_family = 0
+            ranges_dir = "/nonexistent/qalqan-goodbots-lists"
+            colour = "green"
+        "#;
+        let err = RawConfig::from_toml(text).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "goodbots.colour",
+            "goodbots.rate_per_family",
+            "goodbots.ranges_dir",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        let ok = RawConfig::from_toml(DEFAULT_TOML).unwrap();
+        assert!(ok.goodbots.enabled && !ok.goodbots.fcrdns);
+        assert_eq!(ok.goodbots.rate_per_family, 50);
+        assert!(ok.goodbots.families.index_of("googlebot").is_some());
+    }
+
+    #[test]
+    fn origin_limit_and_budget_keys_are_checked_with_paths() {
+        let text = r#"
+            [origin]
+            url = "http://127.0.0.1:8080"
+            [[listen]]
+            address = "127.0.0.1:8000"
+            [[route]]
+            name = "search"
+            path_prefix = ["/search"]
+            adaptive_concurrency = true
+            attack_origin_budget = 1000000
+            attack_origin_budget_window = "2h"
+            [[route]]
+            name = "default"
+            attack_origin_budget_window = "soon"
+        "#;
+        let err = RawConfig::from_toml(text).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "route[0].adaptive_concurrency",
+            "route[0].attack_origin_budget",
+            "route[0].attack_origin_budget_window",
+            "route[1].attack_origin_budget_window",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        let ok = RawConfig::from_toml(DEFAULT_TOML).unwrap();
+        let search = &ok.routes[0];
+        assert!(search.adaptive_concurrency && search.max_in_flight == 16);
+        assert_eq!(search.attack_origin_budget, 10);
+        assert_eq!(search.attack_origin_budget_window, Duration::from_secs(60));
     }
 
     #[test]

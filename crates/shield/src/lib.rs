@@ -11,9 +11,13 @@ pub mod attack;
 pub mod body;
 pub mod challenge;
 pub mod config;
+pub mod gate;
+pub mod goodbots;
+pub mod limiter;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod push;
 pub mod server;
 pub mod state;
 

@@ -46,6 +46,39 @@ pub fn page(
     resp
 }
 
+/// The 429 a cleared reader gets when its origin budget on a challenging route (search) is spent
+/// during an attack: it says that search, not the reader, is being limited, and that articles
+/// open as usual. Rendered once; the wait is in `Retry-After`.
+pub fn origin_budget(retry_after: u64) -> Response<Body> {
+    static RENDERED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let body = RENDERED
+        .get_or_init(|| {
+            html(
+                429,
+                "Сайт сейчас под атакой, и поиск временно ограничен: не больше нескольких новых \
+                 запросов в минуту. Повторите поиск через минуту; статьи открываются как обычно.",
+                "Сайтқа қазір шабуыл жасалып жатыр, сондықтан іздеу уақытша шектелген: минутына \
+                 бірнеше жаңа сұраныс қана. Бір минуттан кейін қайта іздеңіз; мақалалар әдеттегідей \
+                 ашылады.",
+                "This site is under attack, so search is limited for now: a few new searches a \
+                 minute. Please search again in a minute; articles open as usual.",
+            )
+        })
+        .clone();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-qalqan-decision", HeaderValue::from_static("limited"));
+    h.insert("x-qalqan-reason", HeaderValue::from_static("origin-budget"));
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp
+}
+
 fn render(status: StatusCode) -> Bytes {
     let (ru, kk, en) = match status {
         StatusCode::TOO_MANY_REQUESTS => (
@@ -75,7 +108,10 @@ fn render(status: StatusCode) -> Bytes {
         ),
         _ => ("Ошибка запроса.", "Сұраныс қатесі.", "Bad request."),
     };
-    let code = status.as_u16();
+    html(status.as_u16(), ru, kk, en)
+}
+
+fn html(code: u16, ru: &str, kk: &str, en: &str) -> Bytes {
     let html = format!(
         "<!doctype html><html lang=\"ru\"><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{code}</title>\
@@ -99,5 +135,10 @@ mod tests {
             let len = http_body::Body::size_hint(r.body()).exact().unwrap();
             assert!(len < 2048, "{s}: {len} bytes");
         }
+        let r = origin_budget(60);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "60");
+        let len = http_body::Body::size_hint(r.body()).exact().unwrap();
+        assert!(len < 2048, "budget page: {len} bytes");
     }
 }

@@ -27,7 +27,7 @@ use qalqan_net::forwarded::{AddrSource, client_from_xff};
 
 use crate::accesslog::Entry;
 use crate::body::{Body, BoxError, ChannelBody, Guarded, Prefixed, empty, full};
-use crate::config::FailMode;
+use crate::config::{ChallengePolicy, FailMode};
 use crate::metrics::Decision;
 use crate::pages::page;
 use crate::state::{Flight, FlightGuard, Outcome, RouteState, Runtime, Shared, flight, tag};
@@ -214,6 +214,7 @@ fn protect(
     client: IpAddr,
     headers: &HeaderMap,
     clearance: Option<&qalqan_challenge::Clearance>,
+    bot: Option<crate::goodbots::Bot>,
 ) -> Verdict {
     let lists = &rt.config.lists;
     let ua = headers.get(header::USER_AGENT).map(|v| v.as_bytes());
@@ -254,6 +255,19 @@ fn protect(
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Verdict::Refuse(r, Decision::Blocked);
+    }
+    // A verified crawler or preview fetcher is counted against its family's own budget, not
+    // per address: its operator's few addresses fetch for millions of users. Over the budget
+    // it gets a 429 (which crawlers honour) but no offence: blocking a Google address would
+    // block Google.
+    if let Some(b) = bot.filter(|b| b.verified) {
+        if rt.goodbots.over_limit(b, now) {
+            return Verdict::Refuse(
+                page(StatusCode::TOO_MANY_REQUESTS, "limited", Some(1)),
+                Decision::Limited,
+            );
+        }
+        return Verdict::Go;
     }
     let cfg = &route.cfg;
     // Under attack every limit is tightened by the configured factor.
@@ -333,11 +347,25 @@ async fn serve(
         None
     };
     let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        protect(shared, rt, route, client, req.headers(), clearance.as_ref())
+        // A verified good bot (its user agent claims a family and its address proves it) skips
+        // per-address limits and the challenge; an unverified claim changes nothing.
+        let bot =
+            crate::goodbots::identify(shared, rt, route, wants_challenge, client, req.headers());
+        let v = protect(
+            shared,
+            rt,
+            route,
+            client,
+            req.headers(),
+            clearance.as_ref(),
+            bot,
+        );
+        (v, bot.is_some_and(|b| b.verified))
     }));
+    let mut verified_bot = false;
     match verdict {
-        Ok(Verdict::Go) => {}
-        Ok(Verdict::Refuse(r, d)) => return (r, d),
+        Ok((Verdict::Go, verified)) => verified_bot = verified,
+        Ok((Verdict::Refuse(r, d), _)) => return (r, d),
         Err(_) => {
             // A bug that trips on every request must not become a log flood.
             if let Some(more) = shared.log_guard.allow() {
@@ -381,13 +409,33 @@ async fn serve(
     if wants_challenge && clearance.is_some() {
         shared.metrics.cleared_requests.fetch_add(1, Relaxed);
     }
-    if wants_challenge && clearance.is_none() {
-        shared.metrics.challenges_issued.fetch_add(1, Relaxed);
+    if wants_challenge && clearance.is_none() && !verified_bot {
         let ret = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let extra = shared.attack.extra_difficulty();
-        let r = crate::challenge::page(&rt.config, client, req.headers(), ret, extra);
-        return (r, Decision::Challenge);
+        return challenge_answer(shared, rt, client, req.headers(), ret);
     }
+    let mut req = req;
+    // A request that would need a challenge if the mode became under_attack while it waits in
+    // the origin queue: the gate then answers it with the challenge instead of forwarding it.
+    if route.cfg.challenge == ChallengePolicy::Attack
+        && !wants_challenge
+        && !verified_bot
+        && crate::challenge::clearance(
+            &rt.config,
+            req.headers(),
+            &crate::challenge::binding(client, req.headers()),
+        )
+        .is_none()
+    {
+        req.extensions_mut().insert(Claim {
+            challengeable: true,
+        });
+    }
+    // Under attack, a cleared client's uncached requests on a route that challenges spend its
+    // origin budget (see `spend_budget`).
+    let budget_key = clearance
+        .as_ref()
+        .filter(|_| mode == qalqan_detect::Mode::UnderAttack && route.origin_budget.is_some())
+        .map(|c| shared.hasher.hash_bytes(&c.id, tag::CLEARANCE));
 
     // Oversized bodies are refused before anything reaches the origin.
     if content_length(req.headers()).is_some_and(|len| len > rt.config.client.max_body_bytes) {
@@ -402,6 +450,9 @@ async fn serve(
     }
 
     let Some(key) = cache_key_of(route, &req, conn.tls) else {
+        if let Some(r) = spend_budget(route, budget_key, None, &req) {
+            return r;
+        }
         return pass(shared, rt, conn, route, client, req, None).await;
     };
 
@@ -413,6 +464,9 @@ async fn serve(
         .blocked_until(key_hash, qalqan_limits::now_ms())
         .is_some()
     {
+        if let Some(r) = spend_budget(route, budget_key, shared.store.get(&key).as_ref(), &req) {
+            return r;
+        }
         return pass(shared, rt, conn, route, client, req, None).await;
     }
 
@@ -427,6 +481,9 @@ async fn serve(
         has_credentials(req.headers())
     };
     if credentials || *req.method() == Method::HEAD && cached.is_none() {
+        if let Some(r) = spend_budget(route, budget_key, cached.as_ref(), &req) {
+            return r;
+        }
         return pass(shared, rt, conn, route, client, req, cached).await;
     }
     let now = Instant::now();
@@ -456,6 +513,9 @@ async fn serve(
         }
     }
     if *req.method() == Method::HEAD {
+        if let Some(r) = spend_budget(route, budget_key, cached.as_ref(), &req) {
+            return r;
+        }
         return pass(shared, rt, conn, route, client, req, cached).await;
     }
 
@@ -492,6 +552,10 @@ async fn serve(
         Flight::Alone => None,
     };
 
+    // Every way on from here reaches the origin.
+    if let Some(r) = spend_budget(route, budget_key, cached.as_ref(), &req) {
+        return r;
+    }
     let Some(index) = rt.routes.iter().position(|r| std::ptr::eq(r, route)) else {
         return pass(shared, rt, conn, route, client, req, cached).await;
     };
@@ -503,6 +567,7 @@ async fn serve(
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let req_headers = parts.headers.clone();
+    let target = parts.uri.clone();
     // The fill is unconditional so its response can be stored.
     parts.headers.remove(header::IF_NONE_MATCH);
     parts.headers.remove(header::IF_MODIFIED_SINCE);
@@ -539,9 +604,78 @@ async fn serve(
             }
         }
         Ok(Head::Unstored(r)) => (r, Decision::Pass),
+        Ok(Head::Failed(OriginFail::Challenge)) => {
+            let ret = target.path_and_query().map_or("/", |p| p.as_str());
+            challenge_answer(shared, rt, client, &req_headers, ret)
+        }
         Ok(Head::Failed(f)) => origin_failed(f, cached.as_ref(), &method, &req_headers),
         Err(_) => origin_failed(OriginFail::Down, cached.as_ref(), &method, &req_headers),
     }
+}
+
+/// What the origin gate needs to know about a request: carried as a request extension into the
+/// fill task (extensions are never sent to the origin).
+#[derive(Clone, Copy, Debug)]
+struct Claim {
+    /// Needs a challenge if the mode becomes `under_attack` while it waits in the queue.
+    challengeable: bool,
+}
+
+/// The challenge page for a client without clearance.
+fn challenge_answer(
+    shared: &Shared,
+    rt: &Runtime,
+    client: IpAddr,
+    headers: &HeaderMap,
+    ret: &str,
+) -> (Response<Body>, Decision) {
+    shared.metrics.challenges_issued.fetch_add(1, Relaxed);
+    let extra = shared.attack.extra_difficulty();
+    let r = crate::challenge::page(&rt.config, client, headers, ret, extra);
+    (r, Decision::Challenge)
+}
+
+/// Under attack, each clearance may send `attack_origin_budget` uncached requests per window to
+/// the origin on a route that challenges; while the route's origin queue has been full within
+/// the window, one each (a fair share: a reader's occasional search gets through while a
+/// solving bot farm's stream of random queries does not). Over budget, a cached copy of any
+/// age still inside its stale-if-error window is served, otherwise a light 429 that says
+/// search is limited during the attack. `None`: go on to the origin (and the use is counted).
+///
+/// Why a budget per clearance: a farm of headless browsers solves the proof of work and keeps
+/// the cookie, and spread over thousands of addresses no per-address or per-prefix limit sees
+/// it; what it cannot spread is the clearances it paid for.
+fn spend_budget<B>(
+    route: &RouteState,
+    key: Option<u64>,
+    cached: Option<&Arc<CachedResponse>>,
+    req: &Request<B>,
+) -> Option<(Response<Body>, Decision)> {
+    let (Some(key), Some(sketch)) = (key, route.origin_budget.as_ref()) else {
+        return None;
+    };
+    let now = qalqan_limits::now_ms();
+    let window = sketch.window_ms();
+    let pressed = route
+        .gate
+        .as_ref()
+        .is_some_and(|g| g.pressed_since(now.saturating_sub(window)));
+    let budget = if pressed {
+        1.0
+    } else {
+        f64::from(route.cfg.attack_origin_budget)
+    };
+    // Only what goes on to the origin is counted: a reader who waits and tries again is not
+    // kept out by the refusals themselves.
+    if sketch.estimate(key, now) + 1.0 <= budget {
+        sketch.observe(key, now);
+        return None;
+    }
+    if let Some(r) = stale_answer(cached, req.method(), req.headers()) {
+        return Some((r, Decision::Stale));
+    }
+    let retry = window.div_ceil(1000).max(1);
+    Some((crate::pages::origin_budget(retry), Decision::Limited))
 }
 
 /// The normalised cache key, or `None` when this request is not cacheable at all.
@@ -623,7 +757,13 @@ async fn fill(
     let resp = match call_origin(&shared, &rt, &conn, route, client, out, false).await {
         Ok(r) => r,
         Err(f) => {
-            to.publish(Outcome::Failed);
+            // A challenge is this client's answer, not the origin's failure: the others waiting
+            // for the same key go on their own.
+            to.publish(if matches!(f, OriginFail::Challenge) {
+                Outcome::Unstorable
+            } else {
+                Outcome::Failed
+            });
             to.send(Head::Failed(f));
             return;
         }
@@ -861,7 +1001,8 @@ fn origin_failed(
     }
     match fail {
         OriginFail::Refused(s) => (page(s, "rejected", None), Decision::Rejected),
-        OriginFail::Shed => (
+        // Only where no challenge page can be built (an upgrade); never on a page view.
+        OriginFail::Shed | OriginFail::Challenge => (
             page(StatusCode::SERVICE_UNAVAILABLE, "shed", Some(5)),
             Decision::Shed,
         ),
@@ -895,6 +1036,12 @@ async fn pass(
     let saved = stale
         .as_ref()
         .map(|_| (parts.method.clone(), parts.headers.clone()));
+    // And what a challenge needs only for a request that may get one.
+    let for_challenge = parts
+        .extensions
+        .get::<Claim>()
+        .is_some_and(|c| c.challengeable)
+        .then(|| (parts.uri.clone(), parts.headers.clone()));
     let out = Request::from_parts(parts, limited_body(body, rt.config.client.max_body_bytes));
     let result = call_origin(shared, rt, conn, route, client, out, false).await;
     let fallback =
@@ -908,6 +1055,11 @@ async fn pass(
             r.headers_mut()
                 .insert("x-qalqan-cache", CacheStatus::Bypass.value());
             (r, Decision::Pass)
+        }
+        Err(OriginFail::Challenge) if for_challenge.is_some() => {
+            let (uri, headers) = for_challenge.unwrap_or_default();
+            let ret = uri.path_and_query().map_or("/", |p| p.as_str());
+            challenge_answer(shared, rt, client, &headers, ret)
         }
         Err(f) => {
             if !matches!(f, OriginFail::Refused(_))
@@ -1163,6 +1315,9 @@ enum OriginFail {
     Refused(StatusCode),
     /// The route's gate was full.
     Shed,
+    /// The mode became `under_attack` while the request waited in the route's queue, and the
+    /// client has no clearance: it gets the challenge instead of the origin.
+    Challenge,
     /// Connect error or reset.
     Down,
     /// No response headers in time.
@@ -1182,8 +1337,21 @@ async fn call_origin(
 ) -> Result<Response<Body>, OriginFail> {
     let (mut parts, body) = req.into_parts();
     upstream_request(rt, conn, client, &mut parts, upgrade).map_err(OriginFail::Refused)?;
+    let claim = parts.extensions.get::<Claim>().copied();
     let permit = match &route.gate {
-        Some(g) => Some(g.enter().await.ok_or(OriginFail::Shed)?),
+        Some(g) => {
+            let attack = claim.filter(|c| c.challengeable).map(|_| &shared.attack);
+            match g.enter(attack).await {
+                crate::gate::Entry::Go(p) => Some(p),
+                crate::gate::Entry::Challenge => return Err(OriginFail::Challenge),
+                crate::gate::Entry::Shed => {
+                    // A full queue is the origin saying it cannot keep up: attack mode now,
+                    // not after the next ticks.
+                    shared.attack.overflow(crate::server::unix_ms());
+                    return Err(OriginFail::Shed);
+                }
+            }
+        }
         None => None,
     };
     let req = Request::from_parts(parts, body);
@@ -1196,8 +1364,16 @@ async fn call_origin(
     )
     .await;
     m.origin_in_flight.fetch_sub(1, Relaxed);
+    // The adaptive limit learns from every answer: its time when the origin answered, an
+    // overload when it failed, timed out or said 503.
+    let report = |ok: bool| {
+        if let Some(p) = &permit {
+            p.report(t0.elapsed(), ok);
+        }
+    };
     let resp = match r {
         Err(_) => {
+            report(false);
             m.origin_error();
             return Err(OriginFail::Timeout);
         }
@@ -1205,12 +1381,14 @@ async fn call_origin(
             if body_too_large(&e) {
                 return Err(OriginFail::Refused(StatusCode::PAYLOAD_TOO_LARGE));
             }
+            report(false);
             tracing::debug!(error = %e, "origin request failed");
             m.origin_error();
             return Err(OriginFail::Down);
         }
         Ok(Ok(r)) => r,
     };
+    report(resp.status() != StatusCode::SERVICE_UNAVAILABLE);
     m.origin_latency(t0.elapsed());
     let (mut parts, body) = resp.into_parts();
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {

@@ -85,6 +85,10 @@ pub fn reload(shared: &Shared, new: Config) -> Vec<String> {
     if old.config.block.table_size != new.block.table_size {
         w.push("block.table_size changed: restart qalqan to apply it".to_string());
     }
+    // New geo data (a fresher `[geo] dir`) applies at once: episodes only read it.
+    shared.attack.set_geo(new.geo.data.clone());
+    // A new token, URL or threshold applies to the next push; queued episodes stay queued.
+    shared.attack.set_atlas(new.atlas.clone());
     shared.runtime.store(Arc::new(Runtime::new(new)));
     shared.metrics.reloads_ok.fetch_add(1, Relaxed);
     w
@@ -132,6 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     tasks.push(tokio::spawn(attack_ticker(shared.clone(), rx.clone())));
+    tasks.push(tokio::spawn(crate::push::run(shared.clone(), rx.clone())));
     Ok(Running {
         listen: bound,
         admin,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use qalqan_cache::key::KeyRules;
 use qalqan_cache::store::{CachedResponse, Store};
 use qalqan_limits::{BlockTable, KeyHasher, RateSketch};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
 use crate::body::Body;
@@ -86,43 +86,7 @@ impl LogBudget {
     }
 }
 
-/// Origin concurrency cap with a short bounded queue for one route class.
-pub struct Gate {
-    sem: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    queue: usize,
-    timeout: Duration,
-}
-
-impl Gate {
-    fn new(max_in_flight: usize, queue: usize, timeout: Duration) -> Self {
-        Gate {
-            sem: Arc::new(Semaphore::new(max_in_flight)),
-            waiting: AtomicUsize::new(0),
-            queue,
-            timeout,
-        }
-    }
-
-    /// A permit to send one request to the origin, or `None` when the queue is full or the wait
-    /// timed out (the caller sheds: stale copy or a 503).
-    pub async fn enter(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(p) = self.sem.clone().try_acquire_owned() {
-            return Some(p);
-        }
-        // Join the queue only if there is room; the counter is the queue's bound.
-        if self.waiting.fetch_add(1, Relaxed) >= self.queue {
-            self.waiting.fetch_sub(1, Relaxed);
-            return None;
-        }
-        let r = tokio::time::timeout(self.timeout, self.sem.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Relaxed);
-        match r {
-            Ok(Ok(p)) => Some(p),
-            _ => None,
-        }
-    }
-}
+pub use crate::gate::Gate;
 
 /// One route class with its live counters.
 pub struct RouteState {
@@ -133,7 +97,10 @@ pub struct RouteState {
     /// Requests per address prefix.
     pub by_prefix: RateSketch,
     /// Origin protection, when `max_in_flight > 0`.
-    pub gate: Option<Gate>,
+    pub gate: Option<Arc<Gate>>,
+    /// Uncached origin-bound requests per clearance under attack (routes that challenge, with
+    /// `attack_origin_budget > 0`).
+    pub origin_budget: Option<RateSketch>,
     /// How often each cache key was asked for (only when `cache_min_uses > 1`).
     pub admission: Option<RateSketch>,
     /// Cache-key rules for this class.
@@ -148,6 +115,8 @@ pub struct Runtime {
     pub config: Config,
     /// Route classes in match order; the last is `default`.
     pub routes: Vec<RouteState>,
+    /// Verified good bots: families, per-family rates and counters.
+    pub goodbots: crate::goodbots::GoodBots,
 }
 
 impl Runtime {
@@ -157,8 +126,21 @@ impl Runtime {
             .routes
             .iter()
             .map(|r| {
-                let gate = (r.max_in_flight > 0)
-                    .then(|| Gate::new(r.max_in_flight, r.queue, r.queue_timeout));
+                let gate = (r.max_in_flight > 0).then(|| {
+                    Arc::new(Gate::new(
+                        r.max_in_flight,
+                        r.queue,
+                        r.queue_timeout,
+                        r.adaptive_concurrency,
+                    ))
+                });
+                let origin_budget = (r.challenge != crate::config::ChallengePolicy::Never
+                    && r.attack_origin_budget > 0)
+                    .then(|| {
+                        let window = r.attack_origin_budget_window.as_millis();
+                        let window = u64::try_from(window).unwrap_or(u64::MAX).max(1000);
+                        RateSketch::new(window, SKETCH_ROWS, SKETCH_COLS / 4)
+                    });
                 let admission = (r.cache_min_uses > 1)
                     .then(|| RateSketch::new(60_000, SKETCH_ROWS, SKETCH_COLS / 4));
                 RouteState {
@@ -166,6 +148,7 @@ impl Runtime {
                     by_addr: RateSketch::new(1000, SKETCH_ROWS, SKETCH_COLS),
                     by_prefix: RateSketch::new(1000, SKETCH_ROWS, SKETCH_COLS / 4),
                     gate,
+                    origin_budget,
                     admission,
                     key_rules: KeyRules {
                         drop_params: config.cache.drop_params.clone(),
@@ -175,7 +158,12 @@ impl Runtime {
                 }
             })
             .collect();
-        Runtime { config, routes }
+        let goodbots = crate::goodbots::GoodBots::new(&config.goodbots);
+        Runtime {
+            config,
+            routes,
+            goodbots,
+        }
     }
 
     /// The route class for a request: the first whose method and any matcher fit.
@@ -209,8 +197,10 @@ impl Runtime {
                 r.by_addr.memory_bytes()
                     + r.by_prefix.memory_bytes()
                     + r.admission.as_ref().map_or(0, |a| a.memory_bytes())
+                    + r.origin_budget.as_ref().map_or(0, |a| a.memory_bytes())
             })
-            .sum()
+            .sum::<usize>()
+            + self.goodbots.memory_bytes()
     }
 }
 
@@ -395,6 +385,9 @@ pub struct Shared {
     pub log_accept: LogBudget,
     /// See `log_forwarded`.
     pub log_guard: LogBudget,
+    /// Forward-confirmed reverse DNS of claimed good bots (used when `goodbots.fcrdns` is on):
+    /// process-wide so a reload keeps what was learned.
+    pub fcrdns: crate::goodbots::fcrdns::Fcrdns,
 }
 
 impl Shared {
@@ -414,6 +407,8 @@ impl Shared {
             config.attack.detect.clone(),
             config.attack.episodes_path.clone(),
         );
+        attack.set_geo(config.geo.data.clone());
+        attack.set_atlas(config.atlas.clone());
         let window_ms = config
             .block
             .window
@@ -436,6 +431,9 @@ impl Shared {
             log_blocked: LogBudget::new(1_000),
             log_accept: LogBudget::new(1_000),
             log_guard: LogBudget::new(1_000),
+            fcrdns: crate::goodbots::fcrdns::Fcrdns::new(Arc::new(
+                crate::goodbots::fcrdns::SystemResolver,
+            )),
             attack,
         })
     }
@@ -460,7 +458,46 @@ impl Shared {
             log_dropped: self.log.dropped(),
             mode: self.attack.mode().as_str(),
         };
-        self.metrics.render(&extra)
+        let mut text = self.metrics.render(&extra);
+        render_origin_limits(&rt, &mut text);
+        rt.goodbots.render(&mut text);
+        self.fcrdns.render(&mut text);
+        self.attack.pusher().render(&mut text);
+        text
+    }
+}
+
+/// `qalqan_shield_origin_limit{route}`: requests each gated route class may have at the origin
+/// now (the adaptive limit, or `max_in_flight` when it is fixed); `qalqan_shield_origin_queue`:
+/// requests of the class waiting for a slot.
+fn render_origin_limits(rt: &Runtime, out: &mut String) {
+    use std::fmt::Write as _;
+    let gated = || {
+        rt.routes
+            .iter()
+            .filter_map(|r| Some((&r.cfg.name, r.gate.as_ref()?)))
+    };
+    out.push_str(
+        "# HELP qalqan_shield_origin_limit Requests a route class may have at the origin now.\n",
+    );
+    out.push_str("# TYPE qalqan_shield_origin_limit gauge\n");
+    for (name, g) in gated() {
+        let _ = writeln!(
+            out,
+            "qalqan_shield_origin_limit{{route=\"{name}\"}} {}",
+            g.limit()
+        );
+    }
+    out.push_str(
+        "# HELP qalqan_shield_origin_queue Requests of a route class waiting for the origin.\n",
+    );
+    out.push_str("# TYPE qalqan_shield_origin_queue gauge\n");
+    for (name, g) in gated() {
+        let _ = writeln!(
+            out,
+            "qalqan_shield_origin_queue{{route=\"{name}\"}} {}",
+            g.waiting()
+        );
     }
 }
 

@@ -270,6 +270,8 @@ async fn expensive_route_is_capped_queued_then_shed() {
 name = "search"
 path_prefix = ["/search"]
 max_in_flight = 2
+# The fixed cap, queue and shed; the adaptive limit under it has tests of its own (origin.rs).
+adaptive_concurrency = false
 queue = 2
 queue_timeout = "2s"
 cache_ttl = "0s"
