@@ -215,25 +215,7 @@ impl Db {
         }
         let _w = self.write().await;
         let mut tx = self.pool.begin().await?;
-        let mut peers = Vec::new();
-        let mut errors = Vec::new();
-        for (i, slug) in need_to_know.iter().enumerate() {
-            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM outlets WHERE slug = $1")
-                .bind(slug.trim())
-                .fetch_optional(&mut *tx)
-                .await?;
-            match id {
-                Some(id) if id != actor.outlet_id => peers.push(id),
-                Some(_) => {}
-                None => errors.push(FieldError::new(
-                    format!("need_to_know[{i}]"),
-                    "no such outlet",
-                )),
-            }
-        }
-        Error::check(errors)?;
-        peers.sort_unstable();
-        peers.dedup();
+        let peers = outlet_ids(&mut tx, "need_to_know", need_to_know, actor.outlet_id).await?;
         sqlx::query("UPDATE outlets SET auto_tlp = $1 WHERE id = $2")
             .bind(auto_tlp.as_str())
             .bind(actor.outlet_id)
@@ -523,6 +505,34 @@ impl Db {
             user_id: None,
         })
     }
+}
+
+/// Turns outlet slugs named in a request (`field[i]`) into row ids, sorted and without
+/// duplicates; the caller's own outlet is dropped (it always sees its own data). An unknown slug
+/// is a field error naming its position.
+pub(crate) async fn outlet_ids(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    field: &str,
+    slugs: &[String],
+    own: i64,
+) -> Result<Vec<i64>> {
+    let mut ids = Vec::new();
+    let mut errors = Vec::new();
+    for (i, slug) in slugs.iter().enumerate() {
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM outlets WHERE slug = $1")
+            .bind(slug.trim())
+            .fetch_optional(&mut **tx)
+            .await?;
+        match id {
+            Some(id) if id != own => ids.push(id),
+            Some(_) => {}
+            None => errors.push(FieldError::new(format!("{field}[{i}]"), "no such outlet")),
+        }
+    }
+    Error::check(errors)?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Appends one audit entry inside the caller's transaction, so the change and its record commit

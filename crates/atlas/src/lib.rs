@@ -85,7 +85,8 @@ impl Atlas {
         if self.fails.estimate(ip_key, now) >= MAX_FAILS_PER_ADDRESS
             || self.fails.estimate(email_key, now) >= MAX_FAILS_PER_ACCOUNT
         {
-            tracing::info!(%ip, "login throttled");
+            // Debug only: a password-guessing flood would otherwise write one line per attempt.
+            tracing::debug!(%ip, "login throttled");
             return Err(Error::Throttled {
                 retry_after_s: THROTTLE_WINDOW_MS / 1000,
             });

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::accounts::{Actor, audit, hex};
+use crate::accounts::{Actor, audit, hex, outlet_ids};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::model::*;
@@ -643,33 +643,6 @@ impl Db {
         Ok(())
     }
 
-    async fn recipient_ids(
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        slugs: &[String],
-        own: i64,
-    ) -> Result<Vec<i64>> {
-        let mut ids = Vec::new();
-        let mut e = Vec::new();
-        for (i, s) in slugs.iter().enumerate() {
-            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM outlets WHERE slug = $1")
-                .bind(s.trim())
-                .fetch_optional(&mut **tx)
-                .await?;
-            match id {
-                Some(id) if id != own => ids.push(id),
-                Some(_) => {}
-                None => e.push(FieldError::new(
-                    format!("recipients[{i}]"),
-                    "no such outlet",
-                )),
-            }
-        }
-        Error::check(e)?;
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
-    }
-
     /// Files an incident for the caller's outlet.
     pub async fn create_incident(&self, actor: &Actor, input: &IncidentIn) -> Result<Incident> {
         if !actor.role.can_write() {
@@ -687,7 +660,8 @@ impl Db {
         {
             let _w = self.write().await;
             let mut tx = self.pool.begin().await?;
-            let recipients = Self::recipient_ids(&mut tx, &c.recipients, actor.outlet_id).await?;
+            let recipients =
+                outlet_ids(&mut tx, "recipients", &c.recipients, actor.outlet_id).await?;
             let id: i64 = bind_checked(sqlx::query(
                 "INSERT INTO incidents (uuid, outlet_id, kind, title, description, search, status, confidence, tlp,
                    started_ms, ended_ms, date_unknown, downtime_minutes, requests, followers_added, comments,
@@ -715,15 +689,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             }
-            for r in recipients {
-                sqlx::query(
-                    "INSERT INTO incident_recipients (incident_id, outlet_id) VALUES ($1, $2)",
-                )
-                .bind(id)
-                .bind(r)
-                .execute(&mut *tx)
-                .await?;
-            }
+            set_recipients(&mut tx, id, &recipients).await?;
             audit(
                 &mut tx,
                 Some(actor.outlet_id),
@@ -894,7 +860,8 @@ impl Db {
         {
             let _w = self.write().await;
             let mut tx = self.pool.begin().await?;
-            let recipients = Self::recipient_ids(&mut tx, &c.recipients, actor.outlet_id).await?;
+            let recipients =
+                outlet_ids(&mut tx, "recipients", &c.recipients, actor.outlet_id).await?;
             bind_checked(
                 sqlx::query(
                 "UPDATE incidents SET kind = $1, title = $2, description = $3, search = $4, status = $5,
@@ -909,19 +876,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             if patch.recipients.is_some() {
-                sqlx::query("DELETE FROM incident_recipients WHERE incident_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                for r in recipients {
-                    sqlx::query(
-                        "INSERT INTO incident_recipients (incident_id, outlet_id) VALUES ($1, $2)",
-                    )
-                    .bind(id)
-                    .bind(r)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                set_recipients(&mut tx, id, &recipients).await?;
             }
             if c.status != cur.status {
                 sqlx::query(
@@ -1704,6 +1659,26 @@ impl Db {
         out.sort_by(|a, b| (&a.month, &a.kind).cmp(&(&b.month, &b.kind)));
         Ok(out)
     }
+}
+
+/// Replaces an incident's named recipient outlets.
+async fn set_recipients(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    incident_id: i64,
+    outlets: &[i64],
+) -> Result<()> {
+    sqlx::query("DELETE FROM incident_recipients WHERE incident_id = $1")
+        .bind(incident_id)
+        .execute(&mut **tx)
+        .await?;
+    for o in outlets {
+        sqlx::query("INSERT INTO incident_recipients (incident_id, outlet_id) VALUES ($1, $2)")
+            .bind(incident_id)
+            .bind(o)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Appends a custody entry, chained to the previous entry of the same attachment:
