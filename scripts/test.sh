@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests drive as real peers: Debian's Chromium for the challenge's
-# end-to-end test.
-need_apt=(chromium)
+# end-to-end test; poppler-utils' pdftotext reads the evidence packages' report.pdf back.
+need_apt=(chromium poppler-utils)
 missing=()
 for pkg in "${need_apt[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

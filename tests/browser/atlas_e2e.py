@@ -8,7 +8,11 @@ Bootstraps a task force, two outlets and an editor with the CLI, starts the serv
    viewport: logs in by typing into the form, files an incident through the guided form
    ("bots joined our Telegram channel"), sees it listed, switches the language to Kazakh and
    English and checks the page's words;
-2. with JavaScript enabled, on a desktop viewport: logs in and sees the incident listed.
+2. with JavaScript enabled, on a desktop viewport: logs in and sees the incident listed;
+3. the map of attacks (no JavaScript, phone and desktop): two outlets' GREEN incidents with
+   Kazakh, Russian and US addresses (filed through the API with tokens from the CLI); the world
+   map has country paths with Kazakhstan in the darkest shade, the tables, the timeline and
+   calendar, the outlet × outlet matrix, Kazakh words, a bad filter named on the page.
 
 Typing and clicking go through Input.* events (as a person would), not through page script.
 Screenshots are kept in target/test-artifacts/atlas/*.png. Everything listens on 127.0.0.1.
@@ -172,8 +176,28 @@ class Browser:
 
 def cli(qalqan, db, *args):
     env = dict(os.environ, QALQAN_PASSWORD=PASSWORD)
-    subprocess.run([qalqan, "atlas", "--database", db, *args], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    r = subprocess.run([qalqan, "atlas", "--database", db, *args], check=True, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return r.stdout.decode().strip()
+
+
+def api(base, token, path, body):
+    """POSTs JSON to the atlas API with a Bearer token; returns the decoded answer."""
+    req = urllib.request.Request(f"{base}/api/v1{path}", data=json.dumps(body).encode(),
+                                 headers={"authorization": f"Bearer {token}",
+                                          "content-type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+def file_incident(base, token, title, addresses):
+    """A GREEN HTTP flood of today with the given addresses as indicators (the map's data)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    inc = api(base, token, "/incidents", {"kind": "http_flood", "title": title,
+                                          "description": "e2e map", "tlp": "green",
+                                          "started_at": now})
+    api(base, token, f"/incidents/{inc['id']}/indicators",
+        [{"kind": "ip", "value": a, "count": 1000} for a in addresses])
 
 
 def main():
@@ -193,6 +217,10 @@ def main():
     cli(qalqan, db, "outlet", "add", "vlast", "Vlast.kz")
     cli(qalqan, db, "user", "add", "--outlet", "kursiv", "--email", "editor@kursiv.kz",
         "--name", "Редактор", "--role", "editor")
+    kursiv_token = cli(qalqan, db, "token", "create", "--outlet", "kursiv", "--name", "e2e",
+                       "--role", "editor")
+    vlast_token = cli(qalqan, db, "token", "create", "--outlet", "vlast", "--name", "e2e",
+                      "--role", "editor")
     server = subprocess.Popen([qalqan, "atlas", "--listen", f"127.0.0.1:{port}",
                                "--database", db],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -285,6 +313,74 @@ def main():
             b.screenshot("8-list-ru-desktop")
         except Exception as e:
             check("the JavaScript run finished", False, repr(e))
+        finally:
+            b.close()
+
+        # The map. Addresses whose country and AS the shipped geo data knows (checked with
+        # `qalqan geo lookup`): 95.56.1.1, 2.132.1.1, 5.34.1.1 in Kazakhstan (AS9198, AS21299),
+        # 77.88.8.8 in Russia, 8.8.8.8 in the US. 95.56.1.1 is in both outlets' incidents.
+        file_incident(base, kursiv_token, "Флуд с казахстанских и российских адресов",
+                      ["95.56.1.1", "2.132.1.1", "77.88.8.8"])
+        file_incident(base, vlast_token, "Флуд на Vlast", ["95.56.1.1", "5.34.1.1", "8.8.8.8"])
+        b = Browser(js=False, size=PHONE)
+        try:
+            b.open(f"{base}/login?lang=ru", "Пароль")
+            b.type("#email", "editor@kursiv.kz")
+            b.type("#password", PASSWORD)
+            b.click("main form button[type=submit]")
+            b.wait_for("Карта атак")
+            b.click("header a[href='/map']")
+            ok, text = b.wait_for("Откуда идёт атакующий трафик")
+            check("the map is one click from the list, in Russian", ok and b.lang() == "ru",
+                  b.url())
+            paths = b.eval("document.querySelectorAll('svg.world path').length")
+            check("the world map has a path per country", (paths or 0) > 150, f"({paths})")
+            kz = b.eval("document.getElementById('cc-KZ').getAttribute('class')")
+            fill = b.eval("getComputedStyle(document.getElementById('cc-KZ')).fill")
+            grey = b.eval("getComputedStyle(document.getElementById('cc-BR')).fill")
+            check("Kazakhstan is in the darkest shade, Brazil (no data) grey",
+                  kz == "c5" and fill == "rgb(203, 24, 29)" and grey == "rgb(220, 220, 220)",
+                  f"({kz} {fill} {grey})")
+            ru = b.eval("document.getElementById('cc-RU').getAttribute('class')")
+            check("Russia is shaded lighter", ru not in (None, "c0", "c5"), f"({ru})")
+            row = b.eval("document.getElementById('country-KZ').innerText")
+            check("the country table says 2 incidents from Kazakhstan",
+                  row is not None and "Казахстан" in row and "\t2\t" in row, repr(row))
+            check("the AS table names Kazakhtelecom", "JSC Kazakhtelecom" in text)
+            check("the network table lists 95.56.1.0/24", "95.56.1.0/24" in text)
+            check("the map page carries no script", b.eval("document.scripts.length") == 0)
+            b.screenshot("map-where-ru-phone")
+
+            ok, text = b.open(f"{base}/map?lang=kk", "Шабуыл трафигі қайдан келеді")
+            check("the map in Kazakh", ok and b.lang() == "kk" and "Қазақстан" in text)
+            b.screenshot("map-where-kk-phone")
+
+            ok, text = b.open(f"{base}/map/time?lang=en", "When the attacks happened")
+            total = b.eval("(document.getElementById('total') || {}).innerText")
+            days = b.eval("document.querySelectorAll('svg.cal rect').length")
+            # Kursiv sees its two incidents of today (the bot wave filed above and the flood)
+            # and Vlast's GREEN flood.
+            check("the timeline counts the three incidents and the calendar has 365 days",
+                  ok and total == "3" and days == 365, f"({total}, {days})")
+            b.screenshot("map-time-en-phone")
+
+            ok, text = b.open(f"{base}/map/shared?lang=en", "Indicators outlets share")
+            rows = b.eval("document.querySelectorAll('#matrix tbody tr').length")
+            check("the matrix shows the two outlets that share 95.56.1.1",
+                  ok and rows == 2 and "95.56.1.1" in text, f"({rows})")
+            b.screenshot("map-shared-en-phone")
+
+            ok, text = b.open(f"{base}/map?lang=en&from=2026-13-45", "Check the filter")
+            check("a bad date is named on the page", ok and "From:" in text)
+
+            b.resize(DESKTOP)
+            ok, text = b.open(f"{base}/map?lang=ru", "Откуда идёт атакующий трафик")
+            b.screenshot("map-where-ru-desktop")
+            ok, text = b.open(f"{base}/map/time?lang=ru", "Когда были атаки")
+            b.screenshot("map-time-ru-desktop")
+            check("the desktop map pages render", ok)
+        except Exception as e:
+            check("the map run finished", False, repr(e))
         finally:
             b.close()
     finally:

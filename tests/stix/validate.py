@@ -14,7 +14,8 @@ with quotes and backslashes included) through the JSON API, then:
    identities), `added_after` resumes, Bearer auth works, a wrong `Accept` is 406;
 4. pushes an envelope through TAXII as a trusted outlet (status complete, indicator then
    visible) and is refused as an untrusted one;
-5. imports one outlet's bundle into another through `POST /api/v1/stix/import`.
+5. imports one outlet's bundle into another through `POST /api/v1/stix/import`;
+6. has a campaign proposed and confirmed, and validates the bundles that now carry it.
 
 Prints `stix: N passed, M failed` and exits non-zero on a failure.
 
@@ -340,6 +341,34 @@ def main():
                                      "objects": [{"type": "indicator", "id": "indicator--x"}]})
         check("invalid bundle is 422 naming the object", st == 422 and any(
             f["field"].startswith("objects[0]") for f in r.get("fields", [])), r)
+
+        # 6. Campaigns: alpha's incidents and bravo's share 192.0.2.1-10 (and their /24) within a
+        # day; once alpha confirms the proposal, bundles carry the campaign, `related-to` from
+        # each member the reader may see and `indicates` from the shared indicators; charlie's
+        # bundle names none of alpha's AMBER, AMBER+STRICT or RED incidents.
+        st, _, r = a["alpha"].call("POST", "/api/v1/campaigns/recompute")
+        check("campaigns recomputed", st == 200 and r.get("groups", 0) >= 1, r)
+        st, _, r = a["alpha"].call("GET", "/api/v1/campaigns?status=proposed")
+        camp = next((c for c in r.get("items", []) if ids["clear"] in [m["id"] for m in c["members"]]), None)
+        check("a campaign of alpha's and bravo's incidents is proposed", camp is not None, r)
+        if camp:
+            st, _, r = a["alpha"].call("POST", f"/api/v1/campaigns/{camp['id']}/decision", {"status": "confirmed"})
+            check("alpha confirms it", st == 200 and r.get("status") == "confirmed", r)
+            for o in ["alpha", "charlie"]:
+                st, _, raw = a[o].call("GET", "/api/v1/stix/bundle", raw=True)
+                text = raw.decode()
+                objs = json.loads(text).get("objects", [])
+                errors, warnings = validate(text)
+                check(f"{o}: bundle with the campaign valid (stix2validator)", not errors, "\n".join(errors[:20]))
+                cid = f"campaign--{camp['id']}"
+                check(f"{o}: campaign exported", any(x["id"] == cid and x["type"] == "campaign" for x in objs))
+                rels = [x for x in objs if x["type"] == "relationship" and x.get("target_ref") == cid]
+                members = {x["source_ref"].split("--")[1] for x in rels if x["relationship_type"] == "related-to"}
+                check(f"{o}: members related to the campaign follow TLP",
+                      ids["clear"] in members and (members & set(ids.values())) <= want[o],
+                      sorted(members))
+                check(f"{o}: shared indicators indicate the campaign",
+                      any(x["relationship_type"] == "indicates" for x in rels))
     finally:
         server.terminate()
         try:

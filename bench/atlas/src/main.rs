@@ -25,6 +25,9 @@ use qalqan_atlas::store::{EpisodeSignal, SightingIn};
 use qalqan_atlas::{Actor, Atlas, Backend, Db};
 use sqlx::AssertSqlSafe;
 
+mod export;
+mod map;
+
 #[derive(Parser)]
 struct Args {
     /// Small sizes (a smoke run of a minute or two).
@@ -42,6 +45,9 @@ struct Args {
     /// Write the Markdown report here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Only the map pages (`/map`, `/map/time`, `/map/shared`): no ingest run, no other reads.
+    #[arg(long)]
+    only_map: bool,
 }
 
 struct Sizes {
@@ -53,7 +59,8 @@ struct Sizes {
     requests: usize,
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient =
+    Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -92,14 +99,18 @@ async fn main() -> anyhow::Result<()> {
         } else {
             "PostgreSQL"
         };
-        eprintln!("== {name}: ingest");
-        let url = fresh_db(&args, b, "ingest").await?;
-        let ingest = ingest_run(&url, &sizes).await?;
-        eprintln!("{ingest}");
-        report.push_str(&format!("\n## {name}\n\n{ingest}"));
+        if args.only_map {
+            report.push_str(&format!("\n## {name}\n"));
+        } else {
+            eprintln!("== {name}: ingest");
+            let url = fresh_db(&args, b, "ingest").await?;
+            let ingest = ingest_run(&url, &sizes).await?;
+            eprintln!("{ingest}");
+            report.push_str(&format!("\n## {name}\n\n{ingest}"));
+        }
         eprintln!("== {name}: reading");
         let url = fresh_db(&args, b, "read").await?;
-        let reading = read_run(&url, b, &sizes).await?;
+        let reading = read_run(&url, b, &sizes, args.only_map).await?;
         eprintln!("{reading}");
         report.push_str(&reading);
         drop_db(&args, b, "ingest").await;
@@ -466,7 +477,7 @@ async fn serve(db: Arc<Db>) -> anyhow::Result<(SocketAddr, HttpClient)> {
 
 /// Fills a registry with generated incidents and sightings, in SQL (so that building 10 million
 /// rows takes a minute, not an hour), then measures reads over HTTP.
-async fn read_run(url: &str, b: Backend, s: &Sizes) -> anyhow::Result<String> {
+async fn read_run(url: &str, b: Backend, s: &Sizes, only_map: bool) -> anyhow::Result<String> {
     let db = Arc::new(Db::connect(url).await?);
     let outlets = 20i64;
     let mut first_outlet = 0;
@@ -661,6 +672,25 @@ async fn read_run(url: &str, b: Backend, s: &Sizes) -> anyhow::Result<String> {
         fill.as_secs_f64(),
         s.requests
     );
+    // The map pages, over the same registry.
+    let map_fill = map::prepare(&db).await?;
+    eprintln!("{map_fill}");
+    let admin = map::admin_session(&db, &client, addr, first_outlet + 1).await?;
+    let map_table = map::measure(&client, addr, &cookie, &admin, s.requests / 2).await?;
+    // The STIX export, in bundles a hundred times apart in size.
+    let windows: Vec<i64> = [n / 1000, n / 100, n / 10]
+        .into_iter()
+        .filter(|&w| w > 0)
+        .collect();
+    let export_table = export::measure(&client, addr, &viewer, &windows).await?;
+    let map_table = format!("{map_table}\n### STIX export\n{export_table}");
+    if only_map {
+        db.close().await;
+        return Ok(format!(
+            "\n### Map pages ({n} incidents, {counted} sightings, {ni} indicators, 20 outlets; filled in {:.0} s)\n\n{map_fill}\n{map_table}",
+            fill.as_secs_f64()
+        ));
+    }
     for (name, path, page) in cases {
         let auth = if page {
             ("cookie", format!("qalqan_session={cookie}"))
@@ -702,6 +732,7 @@ async fn read_run(url: &str, b: Backend, s: &Sizes) -> anyhow::Result<String> {
             if p99 <= 50.0 { "met" } else { "**not met**" }
         ));
     }
+    table.push_str(&format!("\n### Map pages\n\n{map_fill}\n{map_table}"));
     db.close().await;
     Ok(table)
 }

@@ -14,11 +14,9 @@
 //!
 //! Everything here talks to loopback only and every run is bounded in time and concurrency.
 
-mod http;
 mod load;
 mod origin;
 mod report;
-mod rng;
 
 use clap::{Parser, Subcommand};
 

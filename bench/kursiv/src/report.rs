@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::load::{RunResult, View};
+use qalqan_drill::engine::{RunResult, View};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -131,12 +131,13 @@ fn summarise(r: &RunResult) -> Summary {
         r.seconds
             .get(from as usize..(to as usize).min(r.seconds.len()))
     };
-    let origin_rate = |from: u64, to: u64, f: &dyn Fn(&crate::load::Second) -> u64| {
+    let origin_rate = |from: u64, to: u64, f: &dyn Fn(&qalqan_drill::engine::Second) -> u64| {
         secs(from, to).map_or(0.0, |ss| {
             ss.iter().map(f).sum::<u64>() as f64 / ss.len().max(1) as f64
         })
     };
-    let all = |x: &crate::load::Second| x.origin_article + x.origin_search + x.origin_other;
+    let all =
+        |x: &qalqan_drill::engine::Second| x.origin_article + x.origin_search + x.origin_other;
     let origin_base = origin_rate(s.warmup, a0, &all);
     let origin_attack = origin_rate(a0, a1, &all);
     let origin_attack_search = origin_rate(a0, a1, &|x| x.origin_search);

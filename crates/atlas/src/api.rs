@@ -59,6 +59,14 @@ pub const ROUTES: &[&str] = &[
     "/evidence/timestamps/{sha}",
     "/stix/bundle",
     "/stix/import",
+    "/campaigns",
+    "/campaigns/recompute",
+    "/campaigns/{id}",
+    "/campaigns/{id}/decision",
+    "/feeds",
+    "/feeds/{id}",
+    "/incidents/{id}/publications",
+    "/provoke",
 ];
 
 /// The API routes, to be nested at `/api/v1`.
@@ -104,6 +112,29 @@ pub fn router() -> Router<Arc<Atlas>> {
             post(crate::stix_import::import_handler).layer(DefaultBodyLimit::max(
                 crate::stix_import::MAX_BUNDLE_BYTES + 1,
             )),
+        )
+        .route(
+            "/feeds",
+            get(crate::provoke_api::list_feeds).post(crate::provoke_api::add_feed),
+        )
+        .route(
+            "/feeds/{id}",
+            axum::routing::delete(crate::provoke_api::remove_feed),
+        )
+        .route(
+            "/incidents/{id}/publications",
+            get(crate::provoke_api::preceding),
+        )
+        .route("/provoke", get(crate::provoke_api::provoke))
+        .route("/campaigns", get(crate::campaigns::api::list))
+        .route(
+            "/campaigns/recompute",
+            post(crate::campaigns::api::recompute),
+        )
+        .route("/campaigns/{id}", get(crate::campaigns::api::one))
+        .route(
+            "/campaigns/{id}/decision",
+            post(crate::campaigns::api::decide),
         )
         .fallback(|| async { Error::NotFound })
         .layer(DefaultBodyLimit::max(MAX_JSON))

@@ -153,6 +153,9 @@ const TABLES: &[Table] = &[
             ("value", Text),
             ("first_seen_ms", Int),
             ("last_seen_ms", Int),
+            ("country", Text),
+            ("asn", Int),
+            ("net", Text),
         ],
     ),
     (
@@ -214,6 +217,52 @@ const TABLES: &[Table] = &[
             ("title", Text),
             ("published_ms", Int),
             ("tags", Text),
+        ],
+    ),
+    (
+        "feeds",
+        "id",
+        &[
+            ("id", Int),
+            ("outlet_id", Int),
+            ("url", Text),
+            ("added_by", Text),
+            ("added_ms", Int),
+            ("etag", Text),
+            ("last_modified", Text),
+            ("last_poll_ms", Int),
+            ("last_ok_ms", Int),
+            ("last_error", Text),
+            ("last_added", Int),
+            ("next_poll_ms", Int),
+        ],
+    ),
+    // Campaigns across outlets (`campaigns.rs`): proposals and the editors' decisions.
+    (
+        "campaigns",
+        "id",
+        &[
+            ("id", Int),
+            ("uuid", Text),
+            ("name", Text),
+            ("status", Text),
+            ("members_key", Text),
+            ("created_ms", Int),
+            ("updated_ms", Int),
+            ("decided_by", Text),
+            ("decided_outlet_id", Int),
+            ("decided_ms", Int),
+        ],
+    ),
+    (
+        "campaign_links",
+        "campaign_id, a_id, b_id",
+        &[
+            ("campaign_id", Int),
+            ("a_id", Int),
+            ("b_id", Int),
+            ("score", Int),
+            ("evidence", Text),
         ],
     ),
     (
@@ -383,6 +432,8 @@ pub async fn restore(db: &Db, path: &Path) -> anyhow::Result<u64> {
     if !ended {
         bail!("backup file is cut short (no trailer): nothing restored");
     }
+    // The map's per-incident summaries are derived from sightings and indicators, not backed up.
+    crate::map::query::rebuild_geo(&mut tx).await?;
     if db.backend == Backend::Postgres {
         for (table, order, cols) in TABLES {
             if *order == "id"

@@ -3,6 +3,7 @@
 //!
 //! Layout of a package (all paths relative, `/`-separated):
 //! - `report.html`: the facts for people (Russian by default, Kazakh or English on request);
+//! - `report.pdf`: the same facts as a PDF to print, same language (`pdf.rs`);
 //! - `facts.json`, `facts.csv`: the same facts for machines (the CSV guards spreadsheet cells
 //!   against formulas; `facts.json` has the exact values);
 //! - `attachments/<sha256>-<safe name>`: the stored bytes of every attachment, unchanged;
@@ -24,6 +25,7 @@
 //! half-written package under the final name.
 
 pub mod api;
+mod pdf;
 pub mod tsa;
 pub mod tsp;
 pub mod verify;
@@ -496,6 +498,11 @@ async fn write_package(
         report_html(facts, &done, lang, created_ms, &actor.label, creator_outlet).into_bytes(),
     )
     .await?;
+    w.add(
+        "report.pdf",
+        pdf::report_pdf(facts, &done, lang, created_ms, &actor.label, creator_outlet),
+    )
+    .await?;
     w.add("VERIFY.txt", VERIFY_TXT.as_bytes().to_vec()).await?;
     let mut sums = String::new();
     for (path, (_, sha)) in &w.files {
@@ -807,6 +814,19 @@ const WORDS: &[(&str, &str, &str, &str)] = &[
         "Проверка целостности: см. VERIFY.txt. Хеши SHA-256 всех файлов перечислены в manifest.json; журнал хранения (custody.jsonl) связан цепочкой хешей.",
         "Тұтастықты тексеру: VERIFY.txt қараңыз. Барлық файлдардың SHA-256 хештері manifest.json ішінде; сақтау журналы (custody.jsonl) хештер тізбегімен байланысқан.",
         "Integrity check: see VERIFY.txt. The SHA-256 of every file is listed in manifest.json; the custody log (custody.jsonl) is hash-chained.",
+    ),
+    // The PDF's own words. `{n}`, `{m}`: page, pages.
+    (
+        "page",
+        "Страница {n} из {m}",
+        "{m} беттің {n}-беті",
+        "Page {n} of {m}",
+    ),
+    (
+        "pdf_note",
+        "Этот PDF повторяет report.html; его SHA-256 указан в manifest.json.",
+        "Бұл PDF report.html мазмұнын қайталайды; оның SHA-256 мәні manifest.json ішінде.",
+        "This PDF repeats report.html; its SHA-256 is listed in manifest.json.",
     ),
     (
         "created_entry",

@@ -796,6 +796,219 @@ const MESSAGES: &[(&str, &str, &str, &str)] = &[
         "Файл тым үлкен.",
         "The file is too large.",
     ),
+    // Publications: feeds and what provokes attacks (`feeds.rs`, `provoke.rs`).
+    (
+        "nav.provoke",
+        "Что провоцирует атаки",
+        "Шабуылға не түрткі болады",
+        "What provokes attacks",
+    ),
+    (
+        "provoke.title",
+        "Что провоцирует атаки",
+        "Шабуылға не түрткі болады",
+        "What provokes attacks",
+    ),
+    (
+        "provoke.intro",
+        "Теги и слова заголовков, которые чаще обычного встречаются в публикациях перед атаками, с доверительным интервалом и примерами. Учитываются только инциденты, которые вам видны.",
+        "Шабуылдар алдындағы жарияланымдарда әдеттегіден жиі кездесетін тегтер мен тақырып сөздері, сенім аралығымен және мысалдарымен. Тек сізге көрінетін инциденттер ескеріледі.",
+        "Tags and title words found more often than usual in publications before attacks, with a confidence interval and examples. Only incidents you can see are counted.",
+    ),
+    (
+        "provoke.window",
+        "Окно перед атакой, часов",
+        "Шабуыл алдындағы терезе, сағат",
+        "Window before an attack, hours",
+    ),
+    (
+        "provoke.window_hint",
+        "Если атаки начинаются в течение часов после публикации, окно в 24 часа даёт более чёткий результат.",
+        "Шабуыл жарияланымнан кейін бірнеше сағат ішінде басталса, 24 сағаттық терезе нақтырақ нәтиже береді.",
+        "When attacks start within hours of a publication, a 24-hour window gives a sharper result.",
+    ),
+    ("provoke.from", "С даты", "Басталу күні", "From"),
+    ("provoke.to", "По дату", "Аяқталу күні", "To"),
+    ("provoke.show", "Показать", "Көрсету", "Show"),
+    (
+        "provoke.all_outlets",
+        "Все редакции",
+        "Барлық редакциялар",
+        "All outlets",
+    ),
+    (
+        "provoke.incidents",
+        "Инцидентов",
+        "Инциденттер",
+        "Incidents",
+    ),
+    (
+        "provoke.publications",
+        "Публикаций",
+        "Жарияланымдар",
+        "Publications",
+    ),
+    (
+        "provoke.before_attacks",
+        "Перед атаками",
+        "Шабуылдар алдында",
+        "Before attacks",
+    ),
+    (
+        "provoke.tested",
+        "Проверено терминов",
+        "Тексерілген терминдер",
+        "Terms tested",
+    ),
+    (
+        "provoke.significant",
+        "Значимые связи",
+        "Маңызды байланыстар",
+        "Significant links",
+    ),
+    (
+        "provoke.none",
+        "Значимых связей не найдено: ни один тег или слово не встречается перед атаками заметно чаще обычного.",
+        "Маңызды байланыс табылмады: бірде-бір тег не сөз шабуылдар алдында әдеттегіден айтарлықтай жиі кездеспейді.",
+        "No significant link found: no tag or word appears before attacks notably more often than usual.",
+    ),
+    ("provoke.lift", "Превышение", "Асып түсу", "Lift"),
+    ("provoke.vs", "против", "қарсы", "vs"),
+    (
+        "provoke.evidence",
+        "Инцидентов с такими публикациями перед ними",
+        "Алдында осындай жарияланымдар болған инциденттер",
+        "Incidents preceded by such publications",
+    ),
+    (
+        "provoke.lead",
+        "до атаки (ч:мин)",
+        "шабуылға дейін (сағ:мин)",
+        "before the attack (h:min)",
+    ),
+    (
+        "provoke.others",
+        "Сильнейшие незначимые",
+        "Ең күшті, бірақ маңызды емес",
+        "Strongest, not significant",
+    ),
+    ("provoke.term", "Термин", "Термин", "Term"),
+    (
+        "provoke.all",
+        "Все публикации",
+        "Барлық жарияланымдар",
+        "All publications",
+    ),
+    (
+        "provoke.method",
+        "Как это считается",
+        "Қалай есептеледі",
+        "How this is computed",
+    ),
+    (
+        "provoke.method_text",
+        "Публикация считается «перед атакой», если вышла в окне до начала видимого вам инцидента своей редакции. Для каждого тега и слова заголовка: превышение = наблюдаемое число таких публикаций перед атаками / ожидаемое по обычной доле в выпуске редакции; 95% интервал — пуассоновский (Byar); p-значение — точный гипергеометрический тест; поправка Бенджамини–Хохберга на все проверенные термины. Значимо, если поправленное значение ≤ 0,05, нижняя граница интервала > 1 и публикаций перед атаками не меньше минимума.",
+        "Жарияланым, егер өз редакциясының сізге көрінетін инциденті басталғанға дейінгі терезеде шықса, «шабуыл алдында» деп саналады. Әр тег пен тақырып сөзі үшін: асып түсу = шабуылдар алдындағы осындай жарияланымдардың байқалған саны / редакцияның әдеттегі үлесі бойынша күтілетін саны; 95% аралық — Пуассон (Byar); p-мәні — дәл гипергеометриялық тест; барлық тексерілген терминдерге Бенджамини–Хохберг түзетуі. Түзетілген мән ≤ 0,05, аралықтың төменгі шегі > 1 және шабуыл алдындағы жарияланымдар ең азынан кем болмаса, маңызды.",
+        "A publication is 'before an attack' when it appeared in the window before the start of an incident of its outlet that you can see. For each tag and title word: lift = observed such publications before attacks / expected from its usual share of the outlet's output; 95% interval: Poisson (Byar); p-value: exact hypergeometric test; Benjamini–Hochberg correction over all terms tested. Significant when the adjusted value is at most 0.05, the interval's lower end is above 1 and at least the minimum number of publications before attacks carry it.",
+    ),
+    (
+        "provoke.min_support",
+        "минимум публикаций",
+        "жарияланымдардың ең аз саны",
+        "minimum publications",
+    ),
+    ("provoke.kind_tag", "тег", "тег", "tag"),
+    ("provoke.kind_keyword", "слово", "сөз", "word"),
+    (
+        "feeds.title",
+        "RSS/Atom-ленты редакции",
+        "Редакцияның RSS/Atom таспалары",
+        "The outlet's RSS/Atom feeds",
+    ),
+    (
+        "feeds.intro",
+        "Публикации из этих лент собираются автоматически (раз в 15 минут) и сопоставляются с атаками. Ссылки, добавленные вручную, не перезаписываются.",
+        "Осы таспалардағы жарияланымдар автоматты түрде жиналады (15 минут сайын) және шабуылдармен салыстырылады. Қолмен қосылған сілтемелер қайта жазылмайды.",
+        "Publications from these feeds are collected automatically (every 15 minutes) and compared with attacks. Links added by hand are not overwritten.",
+    ),
+    (
+        "feeds.none",
+        "Лент пока нет.",
+        "Әзірге таспа жоқ.",
+        "No feeds yet.",
+    ),
+    (
+        "feeds.last_poll",
+        "Последний опрос",
+        "Соңғы сұрау",
+        "Last poll",
+    ),
+    ("feeds.status", "Состояние", "Күйі", "Status"),
+    ("feeds.added", "добавлена", "қосылды", "added"),
+    (
+        "feeds.never",
+        "ещё не опрашивалась",
+        "әлі сұралмаған",
+        "not polled yet",
+    ),
+    ("feeds.error", "Ошибка", "Қате", "Error"),
+    (
+        "feeds.last_ok",
+        "последний успешный опрос",
+        "соңғы сәтті сұрау",
+        "last successful poll",
+    ),
+    ("feeds.ok", "работает", "жұмыс істеп тұр", "working"),
+    ("feeds.remove", "Удалить", "Жою", "Remove"),
+    (
+        "feeds.add",
+        "Адрес ленты (http:// или https://)",
+        "Таспа мекенжайы (http:// немесе https://)",
+        "Feed address (http:// or https://)",
+    ),
+    (
+        "feeds.hint",
+        "Например, https://example.kz/rss. Не больше лент на редакцию:",
+        "Мысалы, https://example.kz/rss. Бір редакцияға ең көп таспа саны:",
+        "For example, https://example.kz/rss. Most feeds per outlet:",
+    ),
+    (
+        "feeds.add_submit",
+        "Добавить ленту",
+        "Таспа қосу",
+        "Add the feed",
+    ),
+    (
+        "feeds.duplicate",
+        "Эта лента уже добавлена.",
+        "Бұл таспа бұрын қосылған.",
+        "This feed is already listed.",
+    ),
+    (
+        "feeds.manage",
+        "Ленты публикаций",
+        "Жарияланым таспалары",
+        "Publication feeds",
+    ),
+    (
+        "incident.preceding",
+        "Публикации за 72 часа до атаки",
+        "Шабуылға дейінгі 72 сағаттағы жарияланымдар",
+        "Publications in the 72 hours before the attack",
+    ),
+    (
+        "incident.no_preceding",
+        "Публикаций редакции за 72 часа до атаки нет.",
+        "Шабуылға дейінгі 72 сағатта редакцияның жарияланымы жоқ.",
+        "No publications of the outlet in the 72 hours before the attack.",
+    ),
+    (
+        "incident.pub_title",
+        "Публикация",
+        "Жарияланым",
+        "Publication",
+    ),
+    ("incident.pub_when", "Вышла", "Шыққан уақыты", "Published"),
 ];
 
 fn table() -> &'static HashMap<&'static str, [&'static str; 3]> {
@@ -803,6 +1016,10 @@ fn table() -> &'static HashMap<&'static str, [&'static str; 3]> {
     TABLE.get_or_init(|| {
         MESSAGES
             .iter()
+            // The map's words live with the map (`map/messages.rs`).
+            .chain(crate::map::messages::MESSAGES.iter())
+            // The campaigns page's words live with it (`web/campaigns.rs`).
+            .chain(crate::web::campaigns::MESSAGES.iter())
             .map(|(k, ru, kk, en)| (*k, [*ru, *kk, *en]))
             .collect()
     })
@@ -867,6 +1084,8 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let prefixes: HashSet<&str> = MESSAGES
             .iter()
+            .chain(crate::map::messages::MESSAGES.iter())
+            .chain(crate::web::campaigns::MESSAGES.iter())
             .filter_map(|m| m.0.split_once('.').map(|(p, _)| p))
             .collect();
         let mut sources = Vec::new();
@@ -877,11 +1096,13 @@ mod tests {
                 std::fs::read_to_string(&p).unwrap(),
             ));
         }
-        let web = dir.join("src/web.rs");
-        sources.push((
-            web.display().to_string(),
-            std::fs::read_to_string(&web).unwrap(),
-        ));
+        for file in ["src/web.rs", "src/map/pages.rs", "src/web/campaigns.rs"] {
+            let web = dir.join(file);
+            sources.push((
+                web.display().to_string(),
+                std::fs::read_to_string(&web).unwrap(),
+            ));
+        }
         let mut checked = 0;
         for (name, text) in &sources {
             // In templates, every `t("…")` call; in Rust, every string literal shaped like

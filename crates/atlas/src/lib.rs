@@ -11,12 +11,17 @@
 pub mod accounts;
 pub mod api;
 pub mod backup;
+pub mod campaigns;
 pub mod db;
 pub mod error;
 pub mod evidence;
+pub mod feeds;
 pub mod i18n;
+pub mod map;
 pub mod model;
 pub mod openapi;
+pub mod provoke;
+pub mod provoke_api;
 pub mod stix;
 pub mod stix_import;
 pub mod store;
@@ -170,7 +175,20 @@ pub async fn serve_with(
     database: &str,
     tsa: Option<evidence::tsa::Tsa>,
 ) -> anyhow::Result<()> {
+    serve_full(listen, database, tsa, feeds::PollConfig::default()).await
+}
+
+/// [`serve_with`], with the background poller of the outlets' RSS/Atom feeds set up.
+pub async fn serve_full(
+    listen: SocketAddr,
+    database: &str,
+    tsa: Option<evidence::tsa::Tsa>,
+    feed_poll: feeds::PollConfig,
+) -> anyhow::Result<()> {
     let db = Db::connect(database).await?;
+    tokio::spawn(feeds::poll_loop(db.clone(), feed_poll));
+    // The map's geo tables, loaded in the background so the first ingest need not wait.
+    map::preload();
     let mut atlas = Atlas::new(db, !listen.ip().is_loopback());
     if let Some(t) = &tsa {
         evidence::tsa::check_url(&t.url).map_err(|e| anyhow::anyhow!("--tsa: {e}"))?;
@@ -178,6 +196,10 @@ pub async fn serve_with(
     }
     atlas.tsa = tsa;
     let atlas = Arc::new(atlas);
+    tokio::spawn(campaigns::run_periodically(
+        atlas.db.clone(),
+        campaigns::Params::default(),
+    ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;

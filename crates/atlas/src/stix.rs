@@ -9,8 +9,10 @@
 //! - a sighting row (incident × indicator) → `indicator` (STIX pattern), `observed-data` (when
 //!   the indicator kind has a STIX observable), `sighting` (count, first/last seen, where
 //!   sighted = the outlet) and a `related-to` relationship indicator → incident (STIX 2.1
-//!   suggests no relationship type for incidents; `indicates` is for campaigns and attack
-//!   patterns, which the atlas does not record yet, so campaigns are not exported);
+//!   suggests no relationship type for incidents);
+//! - a confirmed campaign (`campaigns.rs`) → `campaign` SDO, `related-to` incident → campaign,
+//!   and `indicates` from each member's shared indicators, all built from the members the
+//!   caller may see (`campaigns::stix_objects`); TAXII does not serve campaigns yet;
 //! - an indicator value → its STIX observable (SCO), once per bundle, marked with the most open
 //!   TLP under which the caller sees it;
 //! - a timeline update → `note`;
@@ -1209,6 +1211,32 @@ async fn write_bundle(
             for o in sighting_objects(s) {
                 put!(o);
             }
+        }
+    }
+    // Confirmed campaigns over the members this export holds (`campaigns::stix_objects`).
+    for camp in crate::campaigns::visible_campaigns(
+        c,
+        actor,
+        Some("confirmed"),
+        crate::campaigns::STIX_MAX_CAMPAIGNS,
+    )
+    .await?
+    {
+        let objects = crate::campaigns::stix_objects(&camp, |m| {
+            f.from_ms.is_none_or(|v| m.started_ms >= v)
+                && f.to_ms.is_none_or(|v| m.started_ms < v)
+                && f.outlet.as_ref().is_none_or(|o| *o == m.outlet)
+                && f.incident
+                    .as_ref()
+                    .is_none_or(|i| i.eq_ignore_ascii_case(&m.id))
+        });
+        if !objects.is_empty()
+            && let Some(t) = Tlp::parse(&camp.tlp)
+        {
+            w.tlps.insert(t);
+        }
+        for o in objects {
+            put!(o);
         }
     }
     let mut after = 0;

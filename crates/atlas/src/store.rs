@@ -1743,28 +1743,46 @@ pub(crate) async fn upsert_sightings(
     let list: Vec<CheckedSighting> = merged.into_values().collect();
     for chunk in list.chunks(CHUNK) {
         let mut sql = String::from(
-            "INSERT INTO indicators (kind, value, first_seen_ms, last_seen_ms) VALUES ",
+            "INSERT INTO indicators (kind, value, first_seen_ms, last_seen_ms, country, asn, net) VALUES ",
         );
         for i in 0..chunk.len() {
-            let b = i * 4;
+            let b = i * 7;
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7
+            ));
         }
+        // Country, AS and network (the map, `crate::map`) are set on first insert; rows stored
+        // before they existed get them the next time they are seen.
         sql.push_str(
             " ON CONFLICT (kind, value) DO UPDATE SET
                first_seen_ms = CASE WHEN excluded.first_seen_ms < indicators.first_seen_ms THEN excluded.first_seen_ms ELSE indicators.first_seen_ms END,
-               last_seen_ms = CASE WHEN excluded.last_seen_ms > indicators.last_seen_ms THEN excluded.last_seen_ms ELSE indicators.last_seen_ms END
+               last_seen_ms = CASE WHEN excluded.last_seen_ms > indicators.last_seen_ms THEN excluded.last_seen_ms ELSE indicators.last_seen_ms END,
+               country = COALESCE(indicators.country, excluded.country),
+               asn = COALESCE(indicators.asn, excluded.asn),
+               net = COALESCE(indicators.net, excluded.net)
              RETURNING id, kind, value",
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for s in chunk {
+            let place = crate::map::locate(s.kind, &s.value);
             q = q
                 .bind(s.kind.as_str())
                 .bind(s.value.as_str())
                 .bind(s.first_ms)
-                .bind(s.last_ms);
+                .bind(s.last_ms)
+                .bind(place.country)
+                .bind(place.asn)
+                .bind(place.net);
         }
         let rows = q.fetch_all(&mut **tx).await?;
         let mut ids: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
@@ -1822,5 +1840,6 @@ pub(crate) async fn upsert_sightings(
         }
         q.execute(&mut **tx).await?;
     }
+    crate::map::query::refresh_incident(tx, incident_id).await?;
     Ok(list.len())
 }

@@ -47,6 +47,9 @@ const LANG_COOKIE: &str = "lang";
 /// Kazakhstan keeps one time zone, UTC+5, since March 2024: pages show and read times in it.
 const LOCAL_OFFSET_H: i8 = 5;
 
+pub(crate) mod campaigns;
+mod provoke;
+
 /// The dashboard's routes.
 pub fn router() -> Router<Arc<Atlas>> {
     Router::new()
@@ -65,6 +68,19 @@ pub fn router() -> Router<Arc<Atlas>> {
         .route("/incidents/{id}/attachments/{sha}", get(download))
         .route("/settings", get(settings).post(save_settings))
         .route("/settings/members", post(add_member))
+        // Publications: feeds in the settings, "what provokes attacks" (`web/provoke.rs`).
+        .route(
+            "/settings/feeds",
+            get(provoke::feeds).post(provoke::add_feed),
+        )
+        .route("/settings/feeds/{id}/delete", post(provoke::remove_feed))
+        .route("/provoke", get(provoke::provoke))
+        // Campaigns across outlets (`web/campaigns.rs`).
+        .route("/campaigns", get(campaigns::list))
+        .route("/campaigns/recompute", post(campaigns::recompute))
+        .route("/campaigns/{id}/decision", post(campaigns::decide))
+        // The map of attacks (`map/pages.rs`).
+        .merge(crate::map::pages::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM))
         .layer(axum::middleware::from_fn(remember_lang))
@@ -177,8 +193,8 @@ fn encode_query(pairs: &[(String, String)]) -> String {
 
 /// What every page needs to know about the request: language and where it is.
 pub struct Ctx {
-    lang: Lang,
-    here: String,
+    pub(crate) lang: Lang,
+    pub(crate) here: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
@@ -194,8 +210,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
 
 /// A logged-in member. Without a valid session the request is sent to `/login` (303).
 pub struct Auth {
-    ctx: Ctx,
-    actor: Actor,
+    pub(crate) ctx: Ctx,
+    pub(crate) actor: Actor,
     csrf: String,
     secret: String,
     outlet_name: String,
@@ -338,7 +354,7 @@ pub struct Frame {
 }
 
 impl Frame {
-    fn new(ctx: &Ctx, auth: Option<&Auth>, title: String) -> Frame {
+    pub(crate) fn new(ctx: &Ctx, auth: Option<&Auth>, title: String) -> Frame {
         let sep = if ctx.here.contains('?') { '&' } else { '?' };
         let langs = Lang::ALL
             .iter()
@@ -368,7 +384,7 @@ impl Frame {
     }
 }
 
-fn render<T: Template>(status: StatusCode, page: &T) -> Response {
+pub(crate) fn render<T: Template>(status: StatusCode, page: &T) -> Response {
     match page.render() {
         Ok(html) => (
             status,
@@ -400,7 +416,7 @@ struct MessagePage {
 }
 
 /// An error as a page in the user's language. The page never carries database details.
-fn fail(ctx: &Ctx, auth: Option<&Auth>, e: Error) -> Response {
+pub(crate) fn fail(ctx: &Ctx, auth: Option<&Auth>, e: Error) -> Response {
     let l = ctx.lang;
     let (heading, text, fields) = match &e {
         Error::Unauthenticated => return see_other("/login"),
@@ -490,7 +506,7 @@ pub struct Opt {
     pub selected: bool,
 }
 
-fn opt(value: &str, label: &str, selected: bool) -> Opt {
+pub(crate) fn opt(value: &str, label: &str, selected: bool) -> Opt {
     Opt {
         value: value.to_string(),
         label: label.to_string(),
@@ -505,7 +521,7 @@ pub struct Badge {
     pub label: &'static str,
 }
 
-fn badge(tlp: Tlp) -> Badge {
+pub(crate) fn badge(tlp: Tlp) -> Badge {
     match tlp {
         Tlp::Clear => Badge {
             class: "tlp-clear",
@@ -586,7 +602,7 @@ fn local_from_rfc(s: &str) -> String {
 }
 
 /// Reads a form date (`2024-03-01`) as local midnight, in the RFC 3339 form the store takes.
-fn form_date(s: &str) -> Option<time::Date> {
+pub(crate) fn form_date(s: &str) -> Option<time::Date> {
     time::Date::parse(
         s.trim(),
         time::macros::format_description!("[year]-[month]-[day]"),
@@ -604,7 +620,7 @@ fn rfc_local(d: time::Date, hour: u8, minute: u8) -> String {
 }
 
 /// Incident kinds with their names in the page's language.
-async fn kind_names(a: &Atlas, l: Lang) -> Result<Vec<(String, String)>, Error> {
+pub(crate) async fn kind_names(a: &Atlas, l: Lang) -> Result<Vec<(String, String)>, Error> {
     Ok(a.db
         .kinds()
         .await?
@@ -1365,6 +1381,8 @@ struct IncidentPage {
     /// [`MAX_INDICATOR_ROWS`].
     indicators_total: usize,
     attachments: Vec<AttachmentRow>,
+    /// The outlet's publications in the 72 h before the start, the closest first.
+    preceding: Vec<provoke::PrecedingRow>,
     owner: bool,
     statuses: Vec<Opt>,
     indicator_kinds: Vec<Opt>,
@@ -1417,10 +1435,11 @@ async fn incident_page(
         let s = a.db.incident_sightings(c, id).await?;
         let att = a.db.attachments(c, id).await?;
         let kinds = kind_names(a, l).await?;
-        Ok::<_, Error>((i, s, att, kinds))
+        let preceding = provoke::preceding_rows(a, c, id).await;
+        Ok::<_, Error>((i, s, att, kinds, preceding))
     }
     .await;
-    let (i, sightings, atts, kinds) = match loaded {
+    let (i, sightings, atts, kinds, preceding) = match loaded {
         Ok(x) => x,
         Err(err) => return fail(&auth.ctx, Some(auth), err),
     };
@@ -1518,6 +1537,7 @@ async fn incident_page(
                 added_at: local_from_rfc(&x.added_at),
             })
             .collect(),
+        preceding,
         owner,
         statuses: {
             let mut s = vec![opt("", t(l, "incident.status_same"), false)];

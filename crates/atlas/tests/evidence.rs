@@ -206,6 +206,7 @@ async fn package_story(kind: Kind) {
     let all = names(&dir);
     for want in [
         "report.html",
+        "report.pdf",
         "facts.json",
         "facts.csv",
         "custody.jsonl",
@@ -491,8 +492,8 @@ async fn collective_story(kind: Kind) {
             .count(),
         2
     );
-    // Two attachments, custody, facts (2), report, VERIFY.txt, SHA256SUMS.
-    assert_eq!(p.files, 8);
+    // Two attachments, custody, facts (2), report (HTML and PDF), VERIFY.txt, SHA256SUMS.
+    assert_eq!(p.files, 9);
 
     // beta's RED incident without recipients: refused for alpha and gamma, named by position,
     // and no package is written.

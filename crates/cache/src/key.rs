@@ -188,10 +188,24 @@ pub fn normalize_host(host: &str) -> Option<String> {
             }
         }
     };
-    let mut out = name.to_ascii_lowercase();
+    let mut out = String::with_capacity(name.len() + 6);
+    out.extend(name.chars().map(|c| c.to_ascii_lowercase()));
     if let Some(port) = port {
+        // Digits by hand: this runs on every cacheable request, and `to_string` goes through
+        // the formatting machinery.
         out.push(':');
-        out.push_str(&port.to_string());
+        let mut digits = [0u8; 5];
+        let mut n = port;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend(digits[i..].iter().map(|&d| char::from(d)));
     }
     Some(out)
 }

@@ -25,6 +25,19 @@ pub struct AtlasArgs {
     /// Where queued timestamp requests and late tokens are kept.
     #[arg(long, value_name = "DIR", default_value = "atlas-timestamps")]
     tsa_queue: PathBuf,
+    /// Minutes between two polls of each outlet's RSS/Atom feeds (jittered by 10 %); 0 turns
+    /// polling off.
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        default_value_t = 15,
+        env = "QALQAN_ATLAS_FEED_INTERVAL"
+    )]
+    feed_interval: u64,
+    /// Also poll feeds on loopback, private and link-local addresses (off: an outlet admin's
+    /// feed URL must not reach the atlas's own network).
+    #[arg(long)]
+    feed_allow_private: bool,
     #[command(subcommand)]
     command: Option<AtlasCmd>,
 }
@@ -186,7 +199,12 @@ pub fn run(a: AtlasArgs) -> anyhow::Result<()> {
                 url,
                 queue_dir: a.tsa_queue,
             });
-            return qalqan_atlas::serve_with(a.listen, &a.database, tsa).await;
+            let feeds = qalqan_atlas::feeds::PollConfig {
+                interval: std::time::Duration::from_secs(a.feed_interval.min(7 * 24 * 60) * 60),
+                allow_private: a.feed_allow_private,
+                ..Default::default()
+            };
+            return qalqan_atlas::serve_full(a.listen, &a.database, tsa, feeds).await;
         };
         let db = qalqan_atlas::Db::connect(&a.database).await?;
         match cmd {

@@ -7,8 +7,12 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 mod atlas_cmd;
+mod demo_cmd;
+mod demo_seed;
+mod drill_cmd;
 mod evidence_cmd;
 mod sweep_cmd;
+mod sweep_live;
 
 use qalqan_shield::config::{RawAdmin, RawClient, RawConfig, RawListener, RawOrigin, RawServer};
 
@@ -34,6 +38,11 @@ enum Command {
     /// Check evidence packages made by the atlas (for the police and lawyers who receive them).
     #[command(subcommand)]
     Evidence(evidence_cmd::EvidenceCmd),
+    /// Start a whole Qalqan on loopback (sample site, shield, atlas) and, with --attack, stop a
+    /// Kursiv-style flood while you watch.
+    Demo(demo_cmd::DemoArgs),
+    /// Rehearse an attack against your own shield on this machine (loopback targets only).
+    Drill(drill_cmd::DrillArgs),
     /// Print or check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -142,6 +151,8 @@ fn main() -> ExitCode {
         Command::Atlas(a) => atlas_cmd::run(a),
         Command::Sweep(a) => sweep_cmd::run(a),
         Command::Evidence(cmd) => evidence_cmd::run(cmd),
+        Command::Demo(a) => demo_cmd::run(a),
+        Command::Drill(a) => drill_cmd::run(a),
         Command::Config(ConfigCmd::Default) => {
             print!("{}", qalqan_shield::config::DEFAULT_TOML);
             Ok(())

@@ -1,4 +1,6 @@
-//! `qalqan sweep …`: find bot floods in exported social-channel data.
+//! `qalqan sweep …`: find bot floods in exported social-channel data (`analyze`), record a
+//! Telegram channel live (`watch`), clean up (`clean`), and send findings to the atlas
+//! (`report-to-atlas`).
 
 use std::io::{BufReader, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -19,6 +21,15 @@ pub struct SweepArgs {
 enum SweepCmd {
     /// Analyse an export and write report.html and report.json into a directory.
     Analyze(AnalyzeArgs),
+    /// Record a Telegram channel and its discussion group live through a bot (admin in both):
+    /// joins and messages to DIR/events.jsonl, reports of the sliding window to DIR/reports/.
+    Watch(crate::sweep_live::WatchArgs),
+    /// Clean up a finding in reversible steps (restrict, ban, delete; unrestrict, unban).
+    /// Dry-run unless --apply.
+    Clean(crate::sweep_live::CleanArgs),
+    /// Make atlas incidents of a report's findings, with accounts and texts as indicators and
+    /// the report attached.
+    ReportToAtlas(crate::sweep_live::AtlasArgs),
 }
 
 #[derive(Args)]
@@ -26,7 +37,7 @@ struct AnalyzeArgs {
     /// Telegram Desktop result.json, YouTube commentThreads JSON, or a CSV of comments.
     file: PathBuf,
     /// Input format (detected from the first bytes when absent).
-    #[arg(long, value_parser = ["telegram-export", "youtube-json", "youtube-csv", "csv"])]
+    #[arg(long, value_parser = ["telegram-export", "youtube-json", "youtube-csv", "csv", "sweep-live"])]
     format: Option<String>,
     /// Directory for report.html and report.json (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -43,6 +54,9 @@ struct AnalyzeArgs {
     /// Jaccard similarity of character 3-grams at which two texts count as the same.
     #[arg(long, default_value_t = 0.8)]
     threshold: f64,
+    /// Distinct accounts posting near-identical threatening text that make a threat finding.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    threat_min_authors: u32,
     /// Show progress on the terminal even when stderr is not one.
     #[arg(long)]
     progress: bool,
@@ -54,6 +68,9 @@ struct AnalyzeArgs {
 pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     match a.command {
         SweepCmd::Analyze(a) => analyze(a),
+        SweepCmd::Watch(a) => crate::sweep_live::watch(a),
+        SweepCmd::Clean(a) => crate::sweep_live::clean(a),
+        SweepCmd::ReportToAtlas(a) => crate::sweep_live::report_to_atlas(a),
     }
 }
 
@@ -101,6 +118,9 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
             threshold: a.threshold,
             ..Default::default()
         },
+        threat: qalqan_sweep::threat::ThreatParams {
+            min_authors: a.threat_min_authors as usize,
+        },
         ..Default::default()
     };
     let analysis = qalqan_sweep::analyze(&ds, &params, &mut progress);
@@ -108,17 +128,7 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
         file: a.file.display().to_string(),
         format,
     };
-    let report = qalqan_sweep::report::build(&ds, &analysis, &src);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let json_path = a.out.join("report.json");
-    let w = std::io::BufWriter::new(
-        std::fs::File::create(&json_path)
-            .with_context(|| format!("creating {}", json_path.display()))?,
-    );
-    serde_json::to_writer(w, &report).context("writing report.json")?;
-    let html = qalqan_sweep::report::html(&report, &ds, &analysis, lang)
-        .context("rendering report.html")?;
-    std::fs::write(a.out.join("report.html"), html).context("writing report.html")?;
+    let report = write_reports(&ds, &analysis, &src, &a.out, lang)?;
     if show {
         eprintln!("\r{:60}", "");
     }
@@ -136,8 +146,37 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `report.json` and `report.html` into `out` (created if missing); each file is
+/// written to a temporary name and renamed, so a reader never sees half a report.
+pub fn write_reports(
+    ds: &qalqan_sweep::Dataset,
+    analysis: &qalqan_sweep::Analysis,
+    src: &Source,
+    out: &std::path::Path,
+    lang: Lang,
+) -> anyhow::Result<qalqan_sweep::report::Report> {
+    let report = qalqan_sweep::report::build(ds, analysis, src);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json_path = out.join("report.json");
+    let tmp = out.join("report.json.tmp");
+    {
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        serde_json::to_writer(&mut w, &report).context("writing report.json")?;
+        w.flush().context("writing report.json")?;
+    }
+    std::fs::rename(&tmp, &json_path).context("writing report.json")?;
+    let html =
+        qalqan_sweep::report::html(&report, ds, analysis, lang).context("rendering report.html")?;
+    let tmp = out.join("report.html.tmp");
+    std::fs::write(&tmp, html).context("writing report.html")?;
+    std::fs::rename(&tmp, out.join("report.html")).context("writing report.html")?;
+    Ok(report)
+}
+
 /// `90s`, `30m`, `1h`, `2d`, or a bare number of seconds; `0` for the whole input.
-fn parse_window(s: &str) -> anyhow::Result<i64> {
+pub fn parse_window(s: &str) -> anyhow::Result<i64> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = num.parse().context("expected a number with s, m, h or d")?;

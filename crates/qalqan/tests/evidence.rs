@@ -87,6 +87,19 @@ async fn verify_command_accepts_intact_and_names_changed_files() {
         "{out}"
     );
 
+    // One flipped byte inside report.pdf: named too.
+    let mut bytes = std::fs::read(&pkg).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"%PDF-1.7")
+        .expect("report.pdf in tar");
+    bytes[at + 100] ^= 0x01;
+    let bad = dir.path().join("pdf-changed.tar");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (code, out) = verify(&bad);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED: changed: report.pdf"), "{out}");
+
     let (code, out) = verify(&dir.path().join("missing.tar"));
     assert_eq!(code, 1, "{out}");
 }

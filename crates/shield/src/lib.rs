@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod push;
 pub mod server;
 pub mod state;
+pub mod upstream;
 
 use std::path::PathBuf;
 

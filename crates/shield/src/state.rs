@@ -9,16 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use qalqan_cache::key::KeyRules;
 use qalqan_cache::store::{CachedResponse, Store};
 use qalqan_limits::{BlockTable, KeyHasher, RateSketch};
 use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
-use crate::body::Body;
 use crate::config::{Config, Route};
 use crate::metrics::{Extra, Metrics};
 
@@ -368,7 +364,8 @@ pub struct Shared {
     /// Open connections per address.
     pub conns: ConnTable,
     /// The pooled origin client.
-    pub client: HttpClient<HttpConnector, Body>,
+    /// Keep-alive connections to the origin.
+    pub upstream: Arc<crate::upstream::Upstream>,
     /// The current reloadable part.
     pub runtime: ArcSwap<Runtime>,
     /// The access log.
@@ -393,16 +390,11 @@ pub struct Shared {
 impl Shared {
     /// Builds process state for a first configuration.
     pub fn new(config: Config, log: AccessLog) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.origin.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(config.origin.max_idle_connections)
-            .retry_canceled_requests(true)
-            .set_host(false)
-            .build(connector);
+        let upstream = crate::upstream::Upstream::new(
+            config.origin.max_idle_connections,
+            config.origin.connect_timeout,
+            Duration::from_secs(60),
+        );
         let attack = crate::attack::Attack::new(
             config.attack.detect.clone(),
             config.attack.episodes_path.clone(),
@@ -423,7 +415,7 @@ impl Shared {
             pass_marks: BlockTable::new(16_384),
             flights: Flights::new(1024),
             conns: ConnTable::new(),
-            client,
+            upstream,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             log,
             challenge: crate::challenge::ChallengeState::new(),

@@ -22,6 +22,7 @@ pub struct Params {
     pub window_secs: i64,
     pub cluster: ClusterParams,
     pub joins: JoinParams,
+    pub threat: crate::threat::ThreatParams,
 }
 
 impl Default for Params {
@@ -31,6 +32,7 @@ impl Default for Params {
             window_secs: 3600,
             cluster: ClusterParams::default(),
             joins: JoinParams::default(),
+            threat: crate::threat::ThreatParams::default(),
         }
     }
 }
@@ -67,6 +69,8 @@ pub struct Analysis {
     pub params: Params,
     pub floods: Vec<Flood>,
     pub waves: Vec<Wave>,
+    /// Copy-pasted threats ([`crate::threat`]).
+    pub threats: Vec<crate::threat::ThreatFinding>,
     /// Cluster id per message.
     pub cluster_of: Vec<u32>,
     /// Distinct exact key per message, and the first message of each key (for the patterns
@@ -87,8 +91,14 @@ pub fn analyze(
     let n = ds.messages.len();
     let mut texts = Vec::with_capacity(n);
     let mut aliases = Vec::with_capacity(n);
+    let lexicon = crate::threat::Lexicon::new();
+    let mut threat_hits = Vec::new();
     for (i, m) in ds.messages.iter().enumerate() {
         let t = matching_text(&m.text);
+        let hit = lexicon.matches(&t);
+        if hit != 0 {
+            threat_hits.push((i as u32, hit));
+        }
         aliases.push(alias_keys(&m.text, &exact_key(&t)));
         texts.push(t);
         if i % 131_072 == 0 {
@@ -101,6 +111,7 @@ pub fn analyze(
     drop(aliases);
     let t2 = Instant::now();
     let floods = find_floods(ds, &clusters.of_text, &clusters.near, params);
+    let threats = crate::threat::find(ds, &clusters.of_text, &threat_hits, &params.threat);
     let t3 = Instant::now();
     progress("joins", 0, ds.joins.len() as u64);
     let waves = find_waves(&ds.joins, &params.joins);
@@ -110,6 +121,7 @@ pub fn analyze(
         params: *params,
         floods,
         waves,
+        threats,
         cluster_of: clusters.of_text,
         key_of: clusters.key_of_text,
         key_rep: clusters.key_rep,

@@ -35,14 +35,17 @@ pub enum Format {
     YoutubeJson,
     YoutubeCsv,
     Csv,
+    /// The journal of `qalqan sweep watch` (`events.jsonl`, see [`crate::live`]).
+    SweepLive,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 5] = [
         Format::TelegramExport,
         Format::YoutubeJson,
         Format::YoutubeCsv,
         Format::Csv,
+        Format::SweepLive,
     ];
 
     /// The name used on the command line and in reports.
@@ -52,6 +55,7 @@ impl Format {
             Format::YoutubeJson => "youtube-json",
             Format::YoutubeCsv => "youtube-csv",
             Format::Csv => "csv",
+            Format::SweepLive => "sweep-live",
         }
     }
 
@@ -62,7 +66,7 @@ impl Format {
     /// The platform the clean-up plan talks about.
     pub fn platform(self) -> Platform {
         match self {
-            Format::TelegramExport => Platform::Telegram,
+            Format::TelegramExport | Format::SweepLive => Platform::Telegram,
             Format::YoutubeJson | Format::YoutubeCsv => Platform::Youtube,
             Format::Csv => Platform::Unknown,
         }
@@ -123,6 +127,15 @@ pub fn detect(head: &[u8]) -> Result<Format, InputError> {
     let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let text = String::from_utf8_lossy(head);
     let trimmed = text.trim_start();
+    // The watcher's journal: JSON lines, each tagged `"sweep":"message"` (or join, leave,
+    // count); the tag comes first when the watcher writes it, anywhere when a person does.
+    if trimmed.starts_with('{')
+        && ["message", "join", "leave", "count"]
+            .iter()
+            .any(|k| trimmed.contains(&format!("\"sweep\":\"{k}\"")))
+    {
+        return Ok(Format::SweepLive);
+    }
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         if text.contains("youtube#")
             || text.contains("\"topLevelComment\"")
@@ -203,6 +216,7 @@ pub fn read_events<R: BufRead>(
                 .map_err(|e| json_error(format, e))?;
         }
         Format::YoutubeCsv | Format::Csv => read_csv(r, format, &mut sink)?,
+        Format::SweepLive => read_live(r, &mut sink)?,
     }
     Ok(format)
 }
@@ -788,6 +802,42 @@ const COLUMNS: &[(&str, &[&str])] = &[
     ("has_photo", &["has_photo"]),
     ("invite_link", &["invite_link"]),
 ];
+
+/// The watcher's journal: one record a line. Member counts and leaves carry nothing to
+/// analyse. A last line without its newline is being written (or was torn by a crash) and is
+/// left out.
+fn read_live<R: BufRead>(mut r: R, sink: Sink<'_>) -> Result<(), InputError> {
+    use crate::live::Record;
+    let mut line = Vec::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 || line.last() != Some(&b'\n') {
+            return Ok(());
+        }
+        n += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let rec: Record = serde_json::from_slice(&line).map_err(|e| InputError::Json {
+            format: Format::SweepLive.name(),
+            msg: json_error(Format::SweepLive, e).to_string(),
+            line: n,
+            column: 0,
+        })?;
+        let e = match rec {
+            Record::Message { message, .. } => Some(Event::Message(message)),
+            Record::Join { join, .. } => Some(Event::Join(join)),
+            Record::Leave { .. } | Record::Count { .. } => None,
+        };
+        sink(e).map_err(|msg| InputError::Json {
+            format: Format::SweepLive.name(),
+            msg,
+            line: n,
+            column: 0,
+        })?;
+    }
+}
 
 fn read_csv<R: BufRead>(r: R, format: Format, sink: Sink<'_>) -> Result<(), InputError> {
     let mut rdr = csv::ReaderBuilder::new()

@@ -4,28 +4,36 @@
 //! that look alike.
 //!
 //! Every finding carries its evidence (the rule that fired with its numbers, the texts, the
-//! accounts, the times), so an admin can check it before acting. The crate never talks to a
-//! platform and never acts: it reads, analyses and writes a report whose clean-up section is a
-//! dry-run plan.
+//! accounts, the times), so an admin can check it before acting. The analysis modules are pure;
+//! the IO lives in [`live`] (a Telegram bot recording joins and messages), [`clean`] (the
+//! clean-up queue: dry-run by default, reversible steps, checkpointed), [`atlas`] (findings
+//! into the task force's registry), over [`telegram`] (a Bot API client that cannot post) and
+//! [`http`].
 //!
-//! Layout: [`model`] is the platform-independent event model (a live Telegram mode will feed
-//! the same [`model::Message`] and [`model::Join`]); [`input`] streams the export formats into
-//! it; [`normalize`] builds matching keys (never shown to anyone); [`cluster`] groups
-//! near-identical texts; [`analyze`] decides what is a flood; [`joins`] finds join waves and
-//! describes their cohort; [`report`] writes JSON and HTML; [`synth`] generates deterministic
-//! test and benchmark data.
+//! Layout: [`model`] is the platform-independent event model (the live Telegram mode,
+//! [`live`], feeds the same [`model::Message`] and [`model::Join`]); [`input`] streams the
+//! export formats into it; [`normalize`] builds matching keys (never shown to anyone);
+//! [`cluster`] groups near-identical texts; [`analyze`] decides what is a flood ([`threat`]:
+//! copy-pasted threats); [`joins`] finds join waves and describes their cohort; [`report`]
+//! writes JSON and HTML; [`synth`] generates deterministic test and benchmark data.
 //!
 //! Must never: panic on input, hold an unbounded number of events (see [`input::Limits`]), or
 //! alter a text that is displayed (normalised forms are for matching only).
 
 pub mod analyze;
+pub mod atlas;
+pub mod clean;
 pub mod cluster;
+pub mod http;
 pub mod input;
 pub mod joins;
+pub mod live;
 pub mod model;
 pub mod normalize;
 pub mod report;
 pub mod synth;
+pub mod telegram;
+pub mod threat;
 mod time_fmt;
 
 pub use analyze::{Analysis, Params, analyze};

@@ -1,7 +1,7 @@
 //! The event model every input format is read into. It knows nothing of files: the offline
 //! parsers in [`crate::input`] produce it today, a live bot can produce it later.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest text kept from one message, in characters. Telegram's own limit is 4,096; a longer
 /// field in a file is cut here so one crafted record cannot cost unbounded memory.
@@ -10,7 +10,7 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 pub const MAX_NAME_CHARS: usize = 256;
 
 /// One comment or chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// The platform's message or comment id, as text (unique within one input).
     pub id: String,
@@ -25,7 +25,7 @@ pub struct Message {
 }
 
 /// One account joining the channel or group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Join {
     pub account_id: String,
     pub name: String,

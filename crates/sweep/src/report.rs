@@ -92,6 +92,7 @@ pub struct Summary {
     pub flagged_comment_accounts: usize,
     pub join_waves: usize,
     pub flagged_followers: usize,
+    pub threat_messages: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,6 +100,16 @@ pub struct Summary {
 pub enum Kind {
     BotComments,
     BotFollowers,
+    ThreatComments,
+}
+
+/// A threat rule's text in the three languages, for the report.
+#[derive(Debug, Serialize)]
+pub struct RuleText {
+    pub id: &'static str,
+    pub ru: &'static str,
+    pub kk: &'static str,
+    pub en: &'static str,
 }
 
 /// The rule that fired, with its numbers: the evidence of why this is a finding.
@@ -132,8 +143,11 @@ pub struct ClusterOut {
     pub traits: Vec<TraitShare>,
     pub members: Vec<Member>,
     pub accounts: Vec<Account>,
-    /// The dry-run plan: what each clean-up action would do. Nothing is done by this tool.
+    /// The dry-run plan: what each clean-up action would do (`qalqan sweep clean` does it).
     pub actions: Vec<Action>,
+    /// Threat comments: the lexicon rules that matched, in ru/kk/en.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub threat_rules: Vec<RuleText>,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,6 +261,72 @@ pub fn build(ds: &Dataset, a: &Analysis, src: &Source) -> Report {
                 .collect(),
             actions: comment_actions(platform, n, f.authors),
             accounts,
+            threat_rules: Vec::new(),
+        });
+    }
+    for (k, t) in a.threats.iter().enumerate() {
+        let (shown, keys) = variants(ds, a, &t.members, 20);
+        let mut acc: HashMap<&str, (usize, &str), foldhash::fast::RandomState> = HashMap::default();
+        for &i in &t.members {
+            let m = &ds.messages[i as usize];
+            acc.entry(&m.author_id).or_insert((0, &m.author_name)).0 += 1;
+        }
+        let mut accounts: Vec<Account> = acc
+            .into_iter()
+            .map(|(id, (c, n))| Account {
+                id: id.into(),
+                name: n.into(),
+                count: c,
+            })
+            .collect();
+        accounts.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.id.cmp(&y.id)));
+        let ids = crate::threat::rule_ids(t.rules);
+        let first = t
+            .members
+            .first()
+            .map_or(0, |&i| ds.messages[i as usize].time);
+        let last = t
+            .members
+            .last()
+            .map_or(0, |&i| ds.messages[i as usize].time);
+        let n = t.members.len();
+        clusters.push(ClusterOut {
+            id: format!("t{}", k + 1),
+            kind: Kind::ThreatComments,
+            rule: Rule {
+                id: "threat.lexicon_copy_paste",
+                explanation: format!(
+                    "{} distinct accounts posted near-identical text matching the threat lexicon ({}); the rule asks for {}",
+                    t.authors,
+                    ids.join(", "),
+                    a.params.threat.min_authors
+                ),
+            },
+            method: "threat_lexicon",
+            size: n,
+            accounts_count: t.authors,
+            first: rfc3339(first),
+            last: rfc3339(last),
+            peak: None,
+            unflagged_same_text: None,
+            text_patterns: keys.into_iter().map(|(text, count)| Counted { text, count }).collect(),
+            texts: shown.into_iter().map(|(text, count)| Counted { text, count }).collect(),
+            traits: Vec::new(),
+            members: t
+                .members
+                .iter()
+                .map(|&i| {
+                    let m = &ds.messages[i as usize];
+                    Member { message_id: Some(m.id.clone()), account_id: m.author_id.clone(), time: m.time }
+                })
+                .collect(),
+            actions: comment_actions(platform, n, t.authors),
+            accounts,
+            threat_rules: ids
+                .iter()
+                .filter_map(|id| crate::threat::rule(id))
+                .map(|r| RuleText { id: r.id, ru: r.ru, kk: r.kk, en: r.en })
+                .collect(),
         });
     }
     let mut waves = Vec::new();
@@ -325,6 +405,7 @@ pub fn build(ds: &Dataset, a: &Analysis, src: &Source) -> Report {
                     })
                     .collect(),
                 actions: follower_actions(platform, w.members.len(), link),
+                threat_rules: Vec::new(),
             });
         }
         waves.push(WaveOut {
@@ -375,6 +456,7 @@ pub fn build(ds: &Dataset, a: &Analysis, src: &Source) -> Report {
             flagged_comment_accounts: flagged_accounts.len(),
             join_waves: a.waves.len(),
             flagged_followers: followers,
+            threat_messages: a.threats.iter().map(|t| t.members.len()).sum(),
         },
         clusters,
         waves,
@@ -512,6 +594,7 @@ struct HtmlCluster {
     members: Vec<(String, String, String)>,
     more_members: usize,
     actions: Vec<String>,
+    threat_rules: Vec<String>,
 }
 
 struct HtmlWave {
@@ -535,11 +618,13 @@ pub fn html(r: &Report, ds: &Dataset, a: &Analysis, lang: Lang) -> Result<String
             kind: t(match c.kind {
                 Kind::BotComments => "kind.bot_comments",
                 Kind::BotFollowers => "kind.bot_followers",
+                Kind::ThreatComments => "kind.threat_comments",
             }),
             rule: format!("{}: {}", c.rule.id, c.rule.explanation),
             method: t(match c.method {
                 "exact" => "method.exact",
                 "near_duplicate" => "method.near",
+                "threat_lexicon" => "method.threat",
                 _ => "method.cohort",
             }),
             size: c.size,
@@ -600,6 +685,18 @@ pub fn html(r: &Report, ds: &Dataset, a: &Analysis, lang: Lang) -> Result<String
                 .collect(),
             more_members: c.members.len().saturating_sub(HTML_ROWS),
             actions: c.actions.iter().map(|x| action_text(lang, x)).collect(),
+            threat_rules: c
+                .threat_rules
+                .iter()
+                .map(|r| {
+                    let text = match lang {
+                        Lang::Ru => r.ru,
+                        Lang::Kk => r.kk,
+                        Lang::En => r.en,
+                    };
+                    format!("{}: {text}", r.id)
+                })
+                .collect(),
         })
         .collect();
     let waves = r
@@ -816,6 +913,21 @@ pub fn tr(lang: Lang, key: &str) -> &'static str {
             "Волна одинаковых комментариев",
             "Бірдей пікірлер толқыны",
             "Flood of identical comments",
+        ),
+        "kind.threat_comments" => (
+            "Угрозы в комментариях (одинаковый текст от нескольких аккаунтов)",
+            "Пікірлердегі қоқан-лоқы (бірнеше аккаунттан бірдей мәтін)",
+            "Threat comments (the same text from several accounts)",
+        ),
+        "method.threat" => (
+            "словарь угроз + поиск похожих текстов",
+            "қоқан-лоқы сөздігі + ұқсас мәтіндерді іздеу",
+            "threat lexicon + near-duplicate search",
+        ),
+        "threat_rules" => (
+            "Сработавшие правила угроз",
+            "Іске қосылған қоқан-лоқы ережелері",
+            "Threat rules that matched",
         ),
         "kind.bot_followers" => (
             "Волна бот-подписчиков",

@@ -1,7 +1,8 @@
-//! What the load generator needs from HTTP: a keep-alive client, one GET with a client address
+//! What the drill needs from HTTP: a keep-alive client, one GET with a client address
 //! in `X-Forwarded-For`, a bounded body read, a browser's cookie jar, and the shield's challenge
 //! page read the way its JavaScript reads it.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -20,32 +21,57 @@ pub type Client = HyperClient<HttpConnector, Empty<Bytes>>;
 
 /// A client keeping at most `idle` idle connections.
 pub fn client(idle: usize) -> Client {
+    build(None, idle)
+}
+
+/// A client whose connections come from `local` (an address in 127.0.0.0/8), keeping at most
+/// `idle` idle connections (0: a new connection per request, as a bot farm makes them).
+pub fn client_bound(local: IpAddr, idle: usize) -> Client {
+    build(Some(local), idle)
+}
+
+fn build(local: Option<IpAddr>, idle: usize) -> Client {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(3)));
+    conn.set_local_address(local);
     HyperClient::builder(TokioExecutor::new())
         .pool_max_idle_per_host(idle)
         .pool_idle_timeout(Duration::from_secs(30))
         .build(conn)
 }
 
-/// Refuses any base URL that is not plain HTTP on loopback: this tool loads only the machine
-/// it runs on.
+/// Refuses any base URL that is not plain HTTP on loopback (127.0.0.0/8 or ::1): the drill
+/// loads only the machine it runs on. `localhost` is taken as 127.0.0.1 without asking DNS,
+/// so a changed hosts file cannot point it elsewhere. Returns `http://HOST:PORT`.
 pub fn loopback_base(url: &str) -> anyhow::Result<String> {
-    let uri: Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    let uri: Uri = url
+        .trim()
+        .parse()
+        .with_context(|| format!("`{url}` is not a URL (e.g. http://127.0.0.1:8080)"))?;
     if uri.scheme_str() != Some("http") {
-        bail!("{url}: only http:// on loopback is supported");
+        bail!("`{url}`: only http:// targets on loopback are supported");
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        bail!("`{url}`: give the site's root (http://127.0.0.1:PORT), without a path");
     }
     let host = uri.host().unwrap_or("");
-    let ok = host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !ok {
-        bail!("{url}: the load generator only talks to loopback (127.0.0.0/8, ::1)");
-    }
-    Ok(url.trim_end_matches('/').to_string())
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        Some(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        host.trim_matches(['[', ']']).parse::<IpAddr>().ok()
+    };
+    let Some(ip) = ip.filter(IpAddr::is_loopback) else {
+        bail!(
+            "refusing target `{url}`: a drill only runs against this machine's loopback \
+             (127.0.0.0/8 or [::1]); it is a rehearsal tool, not a load generator for other hosts"
+        );
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    Ok(match ip {
+        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+    })
 }
 
 /// An answer, with its body read (at most [`MAX_BODY`] bytes).
@@ -65,9 +91,24 @@ pub async fn get(
     ua: &str,
     cookie: Option<&str>,
 ) -> anyhow::Result<Answer> {
-    let mut b = Request::get(format!("{base}{path_and_query}"))
-        .header("x-forwarded-for", addr)
-        .header(header::USER_AGENT, ua)
+    get_as(client, base, path_and_query, Some(addr), ua, cookie).await
+}
+
+/// [`get`], with the X-Forwarded-For header optional (none when the connection's own address
+/// names the client).
+pub async fn get_as(
+    client: &Client,
+    base: &str,
+    path_and_query: &str,
+    xff: Option<&str>,
+    ua: &str,
+    cookie: Option<&str>,
+) -> anyhow::Result<Answer> {
+    let mut b = Request::get(format!("{base}{path_and_query}")).header(header::USER_AGENT, ua);
+    if let Some(a) = xff {
+        b = b.header("x-forwarded-for", a);
+    }
+    b = b
         .header(
             header::ACCEPT,
             "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
@@ -294,8 +335,23 @@ mod tests {
 
     #[test]
     fn refuses_anything_but_loopback() {
-        assert!(loopback_base("http://127.0.0.1:8080/").is_ok());
-        assert!(loopback_base("http://[::1]:80").is_ok());
+        assert_eq!(
+            loopback_base("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(loopback_base("http://[::1]:80").unwrap(), "http://[::1]:80");
+        assert_eq!(
+            loopback_base("http://LOCALHOST:81").unwrap(),
+            "http://127.0.0.1:81"
+        );
+        assert_eq!(
+            loopback_base("http://127.9.8.7").unwrap(),
+            "http://127.9.8.7:80"
+        );
+        assert!(loopback_base("http://128.0.0.1:80").is_err());
+        assert!(loopback_base("http://127.0.0.1.example.com:80").is_err());
+        assert!(loopback_base("http://127.0.0.1:80/wp-admin").is_err());
+        assert!(loopback_base("http://[::ffff:8.8.8.8]:80").is_err());
         assert!(loopback_base("http://10.0.0.1:80").is_err());
         assert!(loopback_base("https://127.0.0.1:80").is_err());
         assert!(loopback_base("http://example.com").is_err());
