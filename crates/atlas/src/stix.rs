@@ -905,7 +905,44 @@ pub(crate) async fn load_observables(
     sel: Sel<'_>,
     limit: i64,
 ) -> Result<Vec<(i64, IndicatorKind, String, Tlp, i64)>> {
-    let (cond, args) = sel.sql("ind.id");
+    // A keyset page is found in two steps: first the page's indicator ids, walking the
+    // sightings' indicator index from the cursor and stopping after `limit` of them; then the
+    // aggregate over those ids only. Aggregating in one query re-read every sighting of the
+    // selection for each page, so a large export cost pages × selection (measured: 2.3 MB/s
+    // for a 1 GB bundle on SQLite, about 15 s a page on PostgreSQL).
+    let (cond, args) = match sel {
+        Sel::After(after, f) => {
+            let (fs, mut fa) = f.sql(3);
+            let mut a = vec![Arg::I(after)];
+            a.append(&mut fa);
+            let sql = format!(
+                "SELECT s.indicator_id AS id FROM sightings s JOIN incidents i ON i.id = s.incident_id
+                 WHERE {VISIBLE} AND s.indicator_id > $2 AND {fs}
+                 GROUP BY s.indicator_id ORDER BY s.indicator_id LIMIT {limit}"
+            );
+            let q = bind_all(
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(actor.outlet_id),
+                &a,
+            );
+            let ids: Vec<i64> = q
+                .fetch_all(&mut *c)
+                .await?
+                .iter()
+                .map(|r| r.try_get("id"))
+                .collect::<std::result::Result<_, _>>()?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            // The ids as `$2…`, then the filter again, so the aggregate covers the same
+            // sightings as before (those inside the filter).
+            let ps: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+            let (fs, fa) = f.sql(ids.len() + 2);
+            let mut a: Vec<Arg> = ids.iter().map(|i| Arg::I(*i)).collect();
+            a.extend(fa);
+            (format!("ind.id IN ({}) AND {fs}", ps.join(", ")), a)
+        }
+        Sel::Ids(_) => sel.sql("ind.id"),
+    };
     let sql = format!(
             "SELECT ind.id, ind.kind, ind.value,
                     MIN(CASE i.tlp WHEN 'clear' THEN 0 WHEN 'green' THEN 1 WHEN 'amber' THEN 2

@@ -26,6 +26,7 @@ both_backends! {
     tlp_matrix => matrix_story,
     import => import_story,
     taxii_protocol => taxii_story,
+    export_pages => pages_story,
 }
 
 const OUTLETS: [&str; 3] = ["alpha", "bravo", "charlie"];
@@ -1197,4 +1198,64 @@ async fn taxii_story(kind: Kind) {
     w.client.db().set_taxii_write("bravo", false).await.unwrap();
     let (st, _, _) = post(bearer(&w.editors[B]), TAXII).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
+}
+
+/// More indicators than one database page of the export (500): every observable comes out
+/// exactly once, only those sighted inside the time filter when one is given, and an address
+/// shared by a filtered-out incident is still exported when an incident inside the filter saw it.
+async fn pages_story(kind: Kind) {
+    let Some((_t, w)) = build(kind).await else {
+        return;
+    };
+    let auth = Auth::Bearer(w.editors[B].clone());
+    let mut made = Vec::new();
+    for (day, n) in [("2026-05-01", 1200usize), ("2026-06-01", 700)] {
+        let a = w
+            .client
+            .json(
+                Method::POST,
+                "/api/v1/incidents",
+                &auth,
+                &json!({"kind": "http_flood", "title": format!("flood {day}"), "tlp": "green",
+                        "started_at": format!("{day}T10:00:00Z")}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+        let id = a.json()["id"].as_str().unwrap().to_string();
+        // The June flood's addresses overlap the May flood's last 200.
+        let first = if day == "2026-05-01" { 0 } else { 1000 };
+        let ips: Vec<Value> = (first..first + n)
+            .map(|k| json!({"kind": "ip", "value": format!("10.{}.{}.{}", k / 65536, (k / 256) % 256, k % 256), "count": 3}))
+            .collect();
+        for chunk in ips.chunks(400) {
+            let s = w
+                .client
+                .json(
+                    Method::POST,
+                    &format!("/api/v1/incidents/{id}/indicators"),
+                    &auth,
+                    &Value::Array(chunk.to_vec()),
+                )
+                .await;
+            assert_eq!(s.status, StatusCode::CREATED, "{}", s.text());
+        }
+        made.push(id);
+    }
+    let addrs = |objects: &[Value]| -> BTreeSet<String> {
+        let v: Vec<String> = objects
+            .iter()
+            .filter(|o| o["type"] == "ipv4-addr" && o["value"].as_str().unwrap().starts_with("10."))
+            .map(|o| o["value"].as_str().unwrap().to_string())
+            .collect();
+        let set: BTreeSet<String> = v.iter().cloned().collect();
+        assert_eq!(set.len(), v.len(), "an observable came out twice");
+        set
+    };
+    let all = addrs(&bundle(&w, B, "").await);
+    assert_eq!(all.len(), 1700, "1,200 + 700 addresses, 200 of them shared");
+    let may = addrs(&bundle(&w, B, "?from=2026-04-01&to=2026-05-15").await);
+    assert_eq!(may.len(), 1200);
+    let june = addrs(&bundle(&w, B, "?from=2026-05-15&to=2026-07-01").await);
+    assert_eq!(june.len(), 700);
+    assert_eq!(may.intersection(&june).count(), 200);
 }
