@@ -67,6 +67,9 @@ struct Idle {
 struct Slots {
     /// The origin the idle connections lead to; a reload to another origin empties the pool.
     authority: String,
+    /// Counts origin changes, so a connection to the old origin is not returned to the pool
+    /// (compared instead of the authority: no string per request).
+    generation: u64,
     idle: Vec<Idle>,
 }
 
@@ -83,6 +86,7 @@ impl Upstream {
         Arc::new(Upstream {
             slots: Mutex::new(Slots {
                 authority: String::new(),
+                generation: 0,
                 idle: Vec::new(),
             }),
             max_idle,
@@ -97,30 +101,34 @@ impl Upstream {
     }
 
     /// A ready idle connection to `authority`, newest first; stale and closed ones are dropped.
-    fn checkout(&self, authority: &str) -> Option<SendRequest<Body>> {
-        let mut s = self.slots.lock().ok()?;
+    /// Also returns the pool's generation for `authority`, which the connection carries back.
+    fn checkout(&self, authority: &str) -> (Option<SendRequest<Body>>, u64) {
+        let Ok(mut s) = self.slots.lock() else {
+            return (None, u64::MAX);
+        };
         if s.authority != authority {
             s.idle.clear();
             s.authority = authority.to_string();
-            return None;
+            s.generation += 1;
+            return (None, s.generation);
         }
         let now = Instant::now();
         while let Some(i) = s.idle.pop() {
             if now.duration_since(i.since) < self.idle_timeout && !i.tx.is_closed() {
-                return Some(i.tx);
+                return (Some(i.tx), s.generation);
             }
         }
-        None
+        (None, s.generation)
     }
 
-    fn give_back(&self, authority: &str, tx: SendRequest<Body>) {
+    fn give_back(&self, generation: u64, tx: SendRequest<Body>) {
         if tx.is_closed() {
             return;
         }
         let Ok(mut s) = self.slots.lock() else {
             return;
         };
-        if s.authority == authority && s.idle.len() < self.max_idle {
+        if s.generation == generation && s.idle.len() < self.max_idle {
             s.idle.push(Idle {
                 tx,
                 since: Instant::now(),
@@ -192,7 +200,8 @@ impl Upstream {
         }
         let mut retried = false;
         loop {
-            let (mut tx, reused) = match self.checkout(authority.as_str()) {
+            let (idle, generation) = self.checkout(authority.as_str());
+            let (mut tx, reused) = match idle {
                 Some(tx) => (tx, true),
                 None => (self.connect(authority, false).await?, false),
             };
@@ -203,7 +212,7 @@ impl Upstream {
                 Ok(resp) => {
                     let home = Some(Home {
                         pool: self.clone(),
-                        authority: authority.as_str().to_string(),
+                        generation,
                         tx,
                     });
                     return Ok(resp.map(|b| PooledBody::new(b, home)));
@@ -224,7 +233,7 @@ impl Upstream {
 /// Where a connection goes back when its response has been read.
 struct Home {
     pool: Arc<Upstream>,
-    authority: String,
+    generation: u64,
     tx: SendRequest<Body>,
 }
 
@@ -245,7 +254,7 @@ impl PooledBody {
 
     fn release(&mut self) {
         if let Some(h) = self.home.take() {
-            h.pool.give_back(&h.authority, h.tx);
+            h.pool.give_back(h.generation, h.tx);
         }
     }
 }
