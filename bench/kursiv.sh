@@ -21,6 +21,8 @@
 #   FLOOD_ADDRESSES=N    flood addresses that never solve challenges (10000)
 #   SOLVER_ADDRESSES=N   flood addresses that solve them (default 500)
 #   FLOOD_CONCURRENCY=N  flood requests in flight at most (default 2048)
+#   FLOOD_NETWORKS=W     own (default: a botnet on networks far from the readers') or readers
+#                        (a farm inside the readers' own /16)
 #   BENCH_MACHINE=S      machine name used in the results file name
 #   RESULTS_FILE=PATH    write the Markdown results here instead
 #   BENCH_WORK=DIR       working files here instead of bench/work
@@ -52,7 +54,7 @@ done
 
 # The knobs as the caller gave them, for the results file.
 KNOBS=(THREADS QALQAN_BIN QALQAN_NOTE KURSIV_BIN SKIP_BUILD QALQAN_LOG READERS READER_RATE FLOOD_RATE
-  FLOOD_ADDRESSES SOLVER_ADDRESSES FLOOD_CONCURRENCY BENCH_WORK)
+  FLOOD_ADDRESSES SOLVER_ADDRESSES FLOOD_CONCURRENCY FLOOD_NETWORKS BENCH_WORK)
 declare -A ENV_GIVEN=()
 for v in "${KNOBS[@]}"; do
   if [[ -n ${!v:-} ]]; then ENV_GIVEN[$v]=${!v}; fi
@@ -65,6 +67,14 @@ FLOOD_RATE=${FLOOD_RATE:-2000}
 FLOOD_ADDRESSES=${FLOOD_ADDRESSES:-10000}
 SOLVER_ADDRESSES=${SOLVER_ADDRESSES:-500}
 FLOOD_CONCURRENCY=${FLOOD_CONCURRENCY:-2048}
+FLOOD_NETWORKS=${FLOOD_NETWORKS:-own}
+case $FLOOD_NETWORKS in
+  own | readers) ;;
+  *)
+    echo "FLOOD_NETWORKS must be own or readers, not $FLOOD_NETWORKS" >&2
+    exit 2
+    ;;
+esac
 QALQAN_LOG=${QALQAN_LOG:-warn}
 # The shield's detector learns for its first 30 s (attack.warmup) before the
 # request rate alone may raise the mode, as after any restart. The warm-up
@@ -385,6 +395,7 @@ run_peer() { # PEER
     --readers "$READERS" --reader-rate "$READER_RATE"
     --flood-rate "$FLOOD_RATE" --flood-addresses "$FLOOD_ADDRESSES"
     --solver-addresses "$SOLVER_ADDRESSES" --flood-concurrency "$FLOOD_CONCURRENCY"
+    --flood-networks "$FLOOD_NETWORKS"
     --warmup "$WARMUP" --baseline "$BASELINE" --attack "$ATTACK"
     --out "$dir/timeline.json")
   if [[ -n $ADMIN_PORT ]]; then cmd+=(--admin "http://127.0.0.1:$ADMIN_PORT"); fi

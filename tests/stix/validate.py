@@ -15,7 +15,9 @@ with quotes and backslashes included) through the JSON API, then:
 4. pushes an envelope through TAXII as a trusted outlet (status complete, indicator then
    visible) and is refused as an untrusted one;
 5. imports one outlet's bundle into another through `POST /api/v1/stix/import`;
-6. has a campaign proposed and confirmed, and validates the bundles that now carry it.
+6. has a campaign proposed, confirmed, renamed and described, and validates the bundles that
+   now carry it; walks TAXII with the OASIS client again and finds the same campaign objects
+   (object by id, versions, manifest, `added_after` after the rename), under the same TLP.
 
 Prints `stix: N passed, M failed` and exits non-zero on a failure.
 
@@ -369,6 +371,73 @@ def main():
                       sorted(members))
                 check(f"{o}: shared indicators indicate the campaign",
                       any(x["relationship_type"] == "indicates" for x in rels))
+
+            # Renamed and described by an editor: the export and TAXII carry the new name and
+            # description, with a later `modified`.
+            st, h, _ = Api(base, tokens["alpha"]).call(
+                "GET", f"/taxii2/api/collections/{col.id}/objects/?limit=1000",
+                headers={"Accept": TAXII_MEDIA})
+            before_rename = h.get("x-taxii-date-added-last")
+            time.sleep(0.01)
+            new_name = "Ботнет «Весна» (192.0.2.0/24)"
+            desc = "Одни и те же адреса у двух редакций.\nRenamed by the OASIS test."
+            st, _, r = a["alpha"].call("PATCH", f"/api/v1/campaigns/{camp['id']}",
+                                       {"name": new_name, "description": desc})
+            check("alpha renames and describes the campaign",
+                  st == 200 and r.get("name") == new_name and r.get("description") == desc, r)
+            st, _, r = a["alpha"].call("PATCH", f"/api/v1/campaigns/{camp['id']}", {"name": " "})
+            check("an empty name is 422", st == 422, r)
+            cid = f"campaign--{camp['id']}"
+            for o, o_col in [("alpha", col), ("charlie", charlie_col)]:
+                st, _, raw = a[o].call("GET", "/api/v1/stix/bundle", raw=True)
+                bundle_objs = json.loads(raw.decode()).get("objects", [])
+                camp_objs = [x for x in bundle_objs if x["id"] == cid]
+                check(f"{o}: exported campaign has the new name and description",
+                      len(camp_objs) == 1 and camp_objs[0]["name"] == new_name
+                      and camp_objs[0]["description"] == desc, camp_objs)
+                tseen = []
+                tpages = 0
+                for env in as_pages(o_col.get_objects, per_request=7):
+                    tpages += 1
+                    tseen.extend(env.get("objects", []))
+                tids = [x["id"] for x in tseen]
+                # Every object once, the URL observables included: alpha's bundle imported into
+                # charlie (step 5) must land on the same indicator rows, not on second ones.
+                tdup = [i for i, n in collections.Counter(x["id"] for x in tseen).items() if n > 1]
+                check(f"{o}: every TAXII object once ({tpages} pages)", not tdup, tdup[:5])
+                t_camp = [x for x in tseen if x["id"] == cid]
+                check(f"{o}: TAXII serves the campaign as exported", t_camp == camp_objs, t_camp)
+                related = lambda objs: sorted(x["id"] for x in objs if x.get("target_ref") == cid)
+                check(f"{o}: TAXII serves the campaign's relationships as exported",
+                      related(tseen) == related(bundle_objs) and related(tseen),
+                      (len(related(tseen)), len(related(bundle_objs))))
+                members = {x["source_ref"].split("--")[1] for x in tseen
+                           if x.get("target_ref") == cid and x["relationship_type"] == "related-to"}
+                check(f"{o}: TAXII members follow TLP", (members & set(ids.values())) <= want[o],
+                      sorted(members))
+                constant = {x["id"] for x in tseen if x["type"] in ("marking-definition", "identity")}
+                bids = {x["id"] for x in bundle_objs}
+                check(f"{o}: TAXII objects = bundle objects with the campaign",
+                      set(tids) - constant == bids - constant, sorted(set(tids) ^ bids)[:10])
+                errors, _ = validate(json.dumps({"type": "bundle",
+                                                 "id": "bundle--0b5d4d44-5a43-4a8e-9f3c-7d1e0e5d3a22",
+                                                 "objects": tseen}))
+                check(f"{o}: TAXII objects with the campaign valid (stix2validator)", not errors,
+                      "\n".join(errors[:10]))
+                one = o_col.get_object(cid)
+                check(f"{o}: campaign by id", [x["id"] for x in one["objects"]] == [cid], one)
+                v = o_col.object_versions(cid)
+                check(f"{o}: campaign versions", v["versions"] == [one["objects"][0]["modified"]], v)
+                m = o_col.get_manifest(**{"type": "campaign"})
+                check(f"{o}: campaign in the manifest",
+                      [x["id"] for x in m.get("objects", [])] == [cid], m)
+            newer = []
+            for env in as_pages(col.get_objects, per_request=3, added_after=before_rename):
+                newer.extend(env.get("objects", []))
+            check("added_after finds the renamed campaign and its relationships",
+                  any(x["id"] == cid and x["name"] == new_name for x in newer)
+                  and all(x["id"] == cid or x.get("target_ref") == cid for x in newer),
+                  [x["id"] for x in newer][:10])
     finally:
         server.terminate()
         try:

@@ -46,8 +46,20 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Only the map pages (`/map`, `/map/time`, `/map/shared`): no ingest run, no other reads.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only_export")]
     only_map: bool,
+    /// Only the STIX export (`GET /api/v1/stix/bundle`) over the full registry: no ingest run,
+    /// no map pages, no other reads.
+    #[arg(long)]
+    only_export: bool,
+}
+
+/// What a reading run measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Everything,
+    Map,
+    Export,
 }
 
 struct Sizes {
@@ -99,7 +111,14 @@ async fn main() -> anyhow::Result<()> {
         } else {
             "PostgreSQL"
         };
-        if args.only_map {
+        let only = if args.only_map {
+            Only::Map
+        } else if args.only_export {
+            Only::Export
+        } else {
+            Only::Everything
+        };
+        if only != Only::Everything {
             report.push_str(&format!("\n## {name}\n"));
         } else {
             eprintln!("== {name}: ingest");
@@ -110,12 +129,18 @@ async fn main() -> anyhow::Result<()> {
         }
         eprintln!("== {name}: reading");
         let url = fresh_db(&args, b, "read").await?;
-        let reading = read_run(&url, b, &sizes, args.only_map).await?;
+        let reading = read_run(&url, b, &sizes, only).await?;
         eprintln!("{reading}");
         report.push_str(&reading);
         drop_db(&args, b, "ingest").await;
         drop_db(&args, b, "read").await;
     }
+    report.push_str(&format!(
+        "\n- load average at the end: {}\n",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    ));
     println!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
@@ -149,7 +174,14 @@ async fn header(args: &Args) -> String {
         cmd("nproc", &[]),
         cpu,
         cmd("uname", &["-r"]),
-        cmd("git", &["rev-parse", "--short", "HEAD"]),
+        {
+            let head = cmd("git", &["rev-parse", "--short", "HEAD"]);
+            if cmd("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+                head
+            } else {
+                format!("{head} plus uncommitted changes")
+            }
+        },
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim(),
@@ -477,7 +509,7 @@ async fn serve(db: Arc<Db>) -> anyhow::Result<(SocketAddr, HttpClient)> {
 
 /// Fills a registry with generated incidents and sightings, in SQL (so that building 10 million
 /// rows takes a minute, not an hour), then measures reads over HTTP.
-async fn read_run(url: &str, b: Backend, s: &Sizes, only_map: bool) -> anyhow::Result<String> {
+async fn read_run(url: &str, b: Backend, s: &Sizes, only: Only) -> anyhow::Result<String> {
     let db = Arc::new(Db::connect(url).await?);
     let outlets = 20i64;
     let mut first_outlet = 0;
@@ -590,6 +622,19 @@ async fn read_run(url: &str, b: Backend, s: &Sizes, only_map: bool) -> anyhow::R
     .await
     .map_err(err)?;
     let (addr, client) = serve(db.clone()).await?;
+    // The STIX export, in bundles a hundred times apart in size.
+    let windows: Vec<i64> = [n / 1000, n / 100, n / 10]
+        .into_iter()
+        .filter(|&w| w > 0)
+        .collect();
+    if only == Only::Export {
+        let export_table = export::measure(&client, addr, &viewer, &windows).await?;
+        db.close().await;
+        return Ok(format!(
+            "\n### STIX export ({n} incidents, {counted} sightings, {ni} indicators, 20 outlets; filled in {:.0} s)\n{export_table}",
+            fill.as_secs_f64()
+        ));
+    }
     let cookie = login(&client, addr).await?;
     // Incident number x (a multiple of 20: TLP:CLEAR, so the viewer sees it) and the first
     // indicator generated for it, which other incidents also hold.
@@ -677,14 +722,9 @@ async fn read_run(url: &str, b: Backend, s: &Sizes, only_map: bool) -> anyhow::R
     eprintln!("{map_fill}");
     let admin = map::admin_session(&db, &client, addr, first_outlet + 1).await?;
     let map_table = map::measure(&client, addr, &cookie, &admin, s.requests / 2).await?;
-    // The STIX export, in bundles a hundred times apart in size.
-    let windows: Vec<i64> = [n / 1000, n / 100, n / 10]
-        .into_iter()
-        .filter(|&w| w > 0)
-        .collect();
     let export_table = export::measure(&client, addr, &viewer, &windows).await?;
     let map_table = format!("{map_table}\n### STIX export\n{export_table}");
-    if only_map {
+    if only == Only::Map {
         db.close().await;
         return Ok(format!(
             "\n### Map pages ({n} incidents, {counted} sightings, {ni} indicators, 20 outlets; filled in {:.0} s)\n\n{map_fill}\n{map_table}",

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use qalqan_drill::scenario::{AttackKind, Attackers, Readers, RunSpec, Scenario, Source};
+use qalqan_drill::scenario::{AttackKind, Attackers, Networks, Readers, RunSpec, Scenario, Source};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -45,6 +45,10 @@ pub struct Args {
     /// Flood requests in flight at most; beyond it a request is skipped and counted.
     #[arg(long, default_value_t = 2048)]
     flood_concurrency: u32,
+    /// Where the flood's addresses are: `own` networks far from the readers' (a botnet abroad)
+    /// or inside the `readers`' own /16 (a farm on the same access network).
+    #[arg(long, default_value = "own", value_parser = ["own", "readers"])]
+    flood_networks: String,
     /// Seconds of readers only before the baseline (not measured).
     #[arg(long, default_value_t = 30)]
     warmup: u64,
@@ -80,11 +84,17 @@ fn scenario(a: &Args) -> Scenario {
         concurrency: 1,
         connections: 0,
         interval: 5,
+        networks: Networks::Own,
     });
     flood.rate = a.flood_rate;
     flood.addresses = a.flood_addresses;
     flood.solving_addresses = a.solver_addresses;
     flood.concurrency = a.flood_concurrency;
+    flood.networks = if a.flood_networks == "readers" {
+        Networks::Readers
+    } else {
+        Networks::Own
+    };
     Scenario {
         name: "kursiv".into(),
         description: String::new(),

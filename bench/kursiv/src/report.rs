@@ -258,9 +258,19 @@ fn markdown(runs: &[RunResult]) -> String {
         s.search_share * 100.0,
         s.articles
     );
+    let inside = first
+        .scenario
+        .as_ref()
+        .and_then(|sc| sc.attackers.first())
+        .is_some_and(|a| a.networks == qalqan_drill::scenario::Networks::Readers);
+    let place = if inside {
+        "all inside the readers' own /16, 95.56.0.0/16, never a reader's address"
+    } else {
+        "each its own /24 in 20.0.0.0–79.255.255.255, far from the readers' 95.56.0.0/16"
+    };
     let _ = writeln!(
         o,
-        "| flood | {:.0} req/s on `/search` ({:.0}× the readers' rate), half `q=number+one`, half two random words; {} addresses that never solve challenges + {} that solve them and keep the cookie (each its own /24); at most {} in flight |",
+        "| flood | {:.0} req/s on `/search` ({:.0}× the readers' rate), half `q=number+one`, half two random words; {} addresses that never solve challenges + {} that solve them and keep the cookie ({place}); at most {} in flight |",
         s.flood_rate,
         s.flood_rate / readers_rate,
         s.flood_addresses,

@@ -131,7 +131,10 @@ pub fn router() -> Router<Arc<Atlas>> {
             "/campaigns/recompute",
             post(crate::campaigns::api::recompute),
         )
-        .route("/campaigns/{id}", get(crate::campaigns::api::one))
+        .route(
+            "/campaigns/{id}",
+            get(crate::campaigns::api::one).patch(crate::campaigns::api::edit),
+        )
         .route(
             "/campaigns/{id}/decision",
             post(crate::campaigns::api::decide),

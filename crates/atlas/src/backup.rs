@@ -217,6 +217,7 @@ const TABLES: &[Table] = &[
             ("title", Text),
             ("published_ms", Int),
             ("tags", Text),
+            ("summary", Text),
         ],
     ),
     (
@@ -252,6 +253,7 @@ const TABLES: &[Table] = &[
             ("decided_by", Text),
             ("decided_outlet_id", Int),
             ("decided_ms", Int),
+            ("description", Text),
         ],
     ),
     (

@@ -17,7 +17,9 @@
 //! 4. Pairs at or above [`Params::threshold`] are joined strongest first by union-find, a group
 //!    never growing past [`MAX_MEMBERS`].
 //! 5. Groups are stored with their scored links. A group whose exact member set was rejected is
-//!    not proposed again; proposals that no longer hold are removed; decisions stay.
+//!    not proposed again; proposals that no longer hold are removed; decisions stay. A proposal
+//!    an editor named or described follows its group when the group gains or loses members
+//!    (same id, name and description) instead of being replaced.
 //!
 //! **Architecture invariant (TLP):** a campaign spans outlets, so no reader sees it whole unless
 //! it may see every member. What a reader sees is computed from the campaign's *links* whose two
@@ -37,7 +39,7 @@ use sqlx::Row;
 use crate::accounts::{Actor, audit, hex};
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::model::{Tlp, format_time, now_ms};
+use crate::model::{FieldError, Tlp, format_time, now_ms};
 use crate::store::VISIBLE;
 
 /// Most incidents of one group.
@@ -52,6 +54,10 @@ pub const MAX_SET: i64 = 5_000;
 pub const MAX_SHOWN: usize = 20;
 /// Most campaigns one list answer holds.
 pub const MAX_LIST: i64 = 100;
+/// Longest campaign name an editor may give (characters).
+pub const MAX_NAME: usize = 200;
+/// Longest campaign description an editor may give (characters).
+pub const MAX_DESCRIPTION: usize = 4_000;
 /// How often `qalqan atlas serve` recomputes the proposals.
 pub const PERIOD_S: u64 = 15 * 60;
 
@@ -438,6 +444,22 @@ fn round3(x: f64) -> f64 {
 
 /// Hex SHA-256 of the sorted member row ids: the identity of a group for "rejected once,
 /// never proposed again".
+/// The edited proposal (not yet kept by this run) sharing the most incidents with a new group,
+/// if any shares one; the lowest id among equals.
+fn carry_over(
+    edited: &BTreeMap<i64, BTreeSet<i64>>,
+    keep: &HashSet<i64>,
+    members: &BTreeSet<i64>,
+) -> Option<i64> {
+    edited
+        .iter()
+        .filter(|(id, _)| !keep.contains(id))
+        .map(|(id, old)| (old.intersection(members).count(), *id))
+        .filter(|(n, _)| *n > 0)
+        .max_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)))
+        .map(|(_, id)| id)
+}
+
 fn members_key(members: &BTreeSet<i64>) -> String {
     let s: Vec<String> = members.iter().map(i64::to_string).collect();
     hex(&Sha256::digest(s.join(",").as_bytes()))
@@ -453,7 +475,11 @@ fn near(a: (i64, i64), b: (i64, i64), window: i64) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Campaign {
     pub id: String,
+    /// `C-` and the start of the id until an editor names it.
     pub name: String,
+    /// What an editor wrote about it ('' when nothing).
+    #[serde(default)]
+    pub description: String,
     /// `proposed`, `confirmed` or `rejected`.
     pub status: String,
     /// The strongest visible link (0..=1).
@@ -469,6 +495,8 @@ pub struct Campaign {
     pub decided_by: Option<String>,
     pub decided_at: Option<String>,
     pub created_at: String,
+    /// The last change of the campaign (links, decision, name) or of a visible member: what
+    /// the reader sees of it changes no later than this.
     pub updated_at: String,
     #[serde(skip)]
     pub created_ms: i64,
@@ -519,6 +547,65 @@ pub struct EvidenceView {
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     pub status: String,
+}
+
+/// An editor's naming of a campaign: a new name, a new description, or both (absent: kept).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignEdit {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Checks an edit: the name trimmed, 1..=[`MAX_NAME`] characters without control characters;
+/// the description at most [`MAX_DESCRIPTION`] characters, line breaks and tabs the only
+/// control characters allowed. Every problem is reported at once.
+pub fn check_edit(e: &CampaignEdit) -> Result<(Option<String>, Option<String>)> {
+    let mut errors = Vec::new();
+    let name = e.name.as_deref().map(|n| {
+        let n = n.trim();
+        if n.is_empty() {
+            errors.push(FieldError::new("name", "must not be empty"));
+        } else if n.chars().count() > MAX_NAME {
+            errors.push(FieldError::new(
+                "name",
+                format!("at most {MAX_NAME} characters"),
+            ));
+        } else if n.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                "name",
+                "must not contain control characters",
+            ));
+        }
+        n.to_string()
+    });
+    let description = e.description.as_deref().map(|d| {
+        let d = d.trim();
+        if d.chars().count() > MAX_DESCRIPTION {
+            errors.push(FieldError::new(
+                "description",
+                format!("at most {MAX_DESCRIPTION} characters"),
+            ));
+        } else if d
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+        {
+            errors.push(FieldError::new(
+                "description",
+                "must not contain control characters",
+            ));
+        }
+        // One line-break convention, whatever the browser sent.
+        d.replace("\r\n", "\n")
+    });
+    if name.is_none() && description.is_none() {
+        errors.push(FieldError::new(
+            "name",
+            "give a name, a description, or both",
+        ));
+    }
+    Error::check(errors)?;
+    Ok((name, description))
 }
 
 /// One run at a time per process.
@@ -754,6 +841,23 @@ impl Db {
                 (r.try_get("id")?, r.try_get("status")?),
             );
         }
+        // Proposals an editor named or described: their members, so that a group which gains or
+        // loses an incident keeps its name, description and id instead of being replaced by a
+        // fresh `C-…` proposal.
+        let edited_rows = sqlx::query(
+            "SELECT c.id, l.a_id, l.b_id FROM campaigns c
+             JOIN campaign_links l ON l.campaign_id = c.id
+             WHERE c.status = 'proposed'
+               AND (c.description <> '' OR c.name <> 'C-' || substr(c.uuid, 1, 8))",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut edited: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+        for r in &edited_rows {
+            let e = edited.entry(r.try_get("id")?).or_default();
+            e.insert(r.try_get("a_id")?);
+            e.insert(r.try_get("b_id")?);
+        }
         let mut keep: HashSet<i64> = HashSet::new();
         for (members, links) in &groups {
             let key = members_key(members);
@@ -798,10 +902,26 @@ impl Db {
                         .await?;
                     *id
                 }
-                None => {
-                    let uuid = uuid::Uuid::new_v4().to_string();
-                    let name = format!("C-{}", &uuid[..8]);
-                    let id: i64 = sqlx::query_scalar(
+                None => match carry_over(&edited, &keep, members) {
+                    Some(id) => {
+                        sqlx::query("DELETE FROM campaign_links WHERE campaign_id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query(
+                            "UPDATE campaigns SET members_key = $1, updated_ms = $2 WHERE id = $3",
+                        )
+                        .bind(&key)
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                        id
+                    }
+                    None => {
+                        let uuid = uuid::Uuid::new_v4().to_string();
+                        let name = format!("C-{}", &uuid[..8]);
+                        let id: i64 = sqlx::query_scalar(
                         "INSERT INTO campaigns (uuid, name, status, members_key, created_ms, updated_ms)
                          VALUES ($1, $2, 'proposed', $3, $4, $4) RETURNING id",
                     )
@@ -811,9 +931,10 @@ impl Db {
                     .bind(now)
                     .fetch_one(&mut *tx)
                     .await?;
-                    sum.proposed_new += 1;
-                    id
-                }
+                        sum.proposed_new += 1;
+                        id
+                    }
+                },
             };
             keep.insert(id);
             for l in links {
@@ -868,15 +989,14 @@ impl Db {
         actor: &Actor,
         status: Option<&str>,
         uuid: Option<&str>,
+        row: Option<i64>,
         limit: i64,
     ) -> Result<Vec<(i64, Vec<VisibleLink>)>> {
-        let both = format!(
-            "EXISTS (SELECT 1 FROM incidents i WHERE i.id = l.a_id AND {VISIBLE})
-             AND EXISTS (SELECT 1 FROM incidents i WHERE i.id = l.b_id AND {VISIBLE})"
-        );
+        let both = both_visible("l");
         let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT c.id FROM campaigns c
              WHERE ($2 = '' OR c.status = $2) AND ($3 = '' OR c.uuid = $3)
+               AND ($5 < 0 OR c.id = $5)
                AND EXISTS (SELECT 1 FROM campaign_links l WHERE l.campaign_id = c.id AND {both})
              ORDER BY c.id DESC LIMIT $4"
         )))
@@ -884,6 +1004,7 @@ impl Db {
         .bind(status.unwrap_or(""))
         .bind(uuid.unwrap_or(""))
         .bind(limit)
+        .bind(row.unwrap_or(-1))
         .fetch_all(&mut *c)
         .await?;
         let mut out = Vec::new();
@@ -949,7 +1070,8 @@ impl Db {
         let member_ids: BTreeSet<i64> = links.iter().flat_map(|l| [l.a, l.b]).collect();
 
         let c = sqlx::query(
-            "SELECT uuid, name, status, created_ms, updated_ms, decided_by, decided_outlet_id, decided_ms
+            "SELECT uuid, name, description, status, created_ms, updated_ms, decided_by,
+                    decided_outlet_id, decided_ms
              FROM campaigns WHERE id = $1",
         )
         .bind(id)
@@ -961,13 +1083,16 @@ impl Db {
         let mut members = Vec::new();
         let mut outlets = HashSet::new();
         let (mut first, mut last) = (i64::MAX, i64::MIN);
+        // The latest change of a visible member: a member's TLP makes the campaign's marking,
+        // so its change is a change of what this reader sees.
+        let mut members_updated = i64::MIN;
         let mut tlp = Tlp::Clear;
         let list: Vec<i64> = member_ids.iter().copied().collect();
         for chunk in list.chunks(200) {
             let marks: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
             let sql = format!(
                 "SELECT i.id, i.uuid, o.slug, i.kind, i.title, i.tlp, i.outlet_id, i.started_ms,
-                        COALESCE(i.ended_ms, i.started_ms) AS ended_ms
+                        COALESCE(i.ended_ms, i.started_ms) AS ended_ms, i.updated_ms
                  FROM incidents i JOIN outlets o ON o.id = i.outlet_id
                  WHERE i.id IN ({}) AND {VISIBLE} ORDER BY i.started_ms, i.id",
                 marks.join(", ")
@@ -979,6 +1104,7 @@ impl Db {
             for r in q.fetch_all(&mut *conn).await? {
                 let started: i64 = r.try_get("started_ms")?;
                 let ended: i64 = r.try_get("ended_ms")?;
+                members_updated = members_updated.max(r.try_get::<i64, _>("updated_ms")?);
                 first = first.min(started);
                 last = last.max(ended.max(started));
                 let t: String = r.try_get("tlp")?;
@@ -1043,10 +1169,11 @@ impl Db {
             decided_outlet.is_some_and(|o| o == actor.outlet_id || outlets.contains(&o));
         let decided_ms: Option<i64> = c.try_get("decided_ms")?;
         let created_ms: i64 = c.try_get("created_ms")?;
-        let updated_ms: i64 = c.try_get("updated_ms")?;
+        let updated_ms: i64 = c.try_get::<i64, _>("updated_ms")?.max(members_updated);
         Ok(Some(Campaign {
             id: c.try_get("uuid")?,
             name: c.try_get("name")?,
+            description: c.try_get("description")?,
             status: c.try_get("status")?,
             score: score as f64 / 1000.0,
             first_seen: format_time(first),
@@ -1111,7 +1238,7 @@ impl Db {
             return Err(Error::Forbidden);
         }
         let mut conn = self.pool.acquire().await?;
-        let mut found = Db::visible_links(&mut conn, actor, None, Some(uuid), 1).await?;
+        let mut found = Db::visible_links(&mut conn, actor, None, Some(uuid), None, 1).await?;
         let Some((id, links)) = found.pop() else {
             return Err(Error::NotFound);
         };
@@ -1171,6 +1298,135 @@ impl Db {
         }
         self.campaign(actor, uuid).await
     }
+
+    /// Renames a proposed or confirmed campaign and/or sets its description. The same people
+    /// as [`Db::decide_campaign`] may: editors and admins of an outlet that owns a visible
+    /// member. The change bumps the campaign's modification time (the STIX `modified`) and is
+    /// recorded in the audit log with the old and the new name.
+    pub async fn edit_campaign(
+        &self,
+        actor: &Actor,
+        uuid: &str,
+        edit: &CampaignEdit,
+    ) -> Result<Campaign> {
+        if !actor.role.can_read() {
+            return Err(Error::Forbidden);
+        }
+        // Visibility first, so a campaign the caller may not see answers 404 whatever it sent.
+        let c = self.campaign(actor, uuid).await?;
+        if !actor.role.can_write() || !c.own_member {
+            return Err(Error::Forbidden);
+        }
+        let (name, description) = check_edit(edit)?;
+        if c.status == "rejected" {
+            return Err(Error::Conflict(
+                "a rejected campaign is not renamed; confirm it first".into(),
+            ));
+        }
+        let name = name.unwrap_or_else(|| c.name.clone());
+        let description = description.unwrap_or_else(|| c.description.clone());
+        if name == c.name && description == c.description {
+            return Ok(c);
+        }
+        let now = now_ms();
+        {
+            let _w = self.write().await;
+            let mut tx = self.pool.begin().await?;
+            // `updated_ms` only grows, even if the clock stepped back.
+            let r = sqlx::query(
+                "UPDATE campaigns SET name = $1, description = $2,
+                        updated_ms = CASE WHEN updated_ms >= $3 THEN updated_ms + 1 ELSE $3 END
+                 WHERE uuid = $4 AND status <> 'rejected'",
+            )
+            .bind(&name)
+            .bind(&description)
+            .bind(now)
+            .bind(uuid)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() == 0 {
+                // Rejected or removed by a recompute since it was read.
+                return Err(Error::Conflict("the campaign changed meanwhile".into()));
+            }
+            let mut detail = if name == c.name {
+                format!("name {name:?} kept")
+            } else {
+                format!("name {:?} -> {name:?}", c.name)
+            };
+            if description != c.description {
+                detail.push_str(&format!(
+                    "; description changed ({} characters)",
+                    description.chars().count()
+                ));
+            }
+            audit(
+                &mut tx,
+                Some(actor.outlet_id),
+                &actor.label,
+                "campaign.rename",
+                uuid,
+                &detail,
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        self.campaign(actor, uuid).await
+    }
+}
+
+/// SQL that holds when both incidents of the link aliased `l` pass [`VISIBLE`] for the caller
+/// bound as `$1`.
+fn both_visible(l: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM incidents i WHERE i.id = {l}.a_id AND {VISIBLE})
+         AND EXISTS (SELECT 1 FROM incidents i WHERE i.id = {l}.b_id AND {VISIBLE})"
+    )
+}
+
+/// The TAXII collection's rows of campaigns (`src`, `rid`, `added`), for the caller bound as
+/// `$1`: the confirmed campaigns with a link whose two incidents the caller may see, the
+/// [`STIX_MAX_CAMPAIGNS`] newest of them, exactly the set the STIX export reads
+/// ([`visible_campaigns`] with status `confirmed`). `added` is the later of the campaign's
+/// change and its visible linked members' (a member whose TLP opens up to the caller changes
+/// what the caller sees of the campaign), so `added_after` finds every new version.
+pub(crate) fn taxii_rows_sql(src: &str) -> String {
+    let both = both_visible("l");
+    let member = format!(
+        "SELECT MAX(m.updated_ms) FROM campaign_links l JOIN incidents m
+           ON m.id = l.a_id OR m.id = l.b_id
+         WHERE l.campaign_id = c.id AND {both}"
+    );
+    format!(
+        "SELECT '{src}' AS src, t.id AS rid,
+           CASE WHEN t.m > t.u THEN t.m ELSE t.u END AS added
+         FROM (SELECT c.id, c.updated_ms AS u, COALESCE(({member}), 0) AS m
+               FROM campaigns c
+               WHERE c.id IN (SELECT v.id FROM campaigns v
+                              WHERE v.status = 'confirmed'
+                                AND EXISTS (SELECT 1 FROM campaign_links l
+                                            WHERE l.campaign_id = v.id AND {both})
+                              ORDER BY v.id DESC LIMIT {STIX_MAX_CAMPAIGNS})) t"
+    )
+}
+
+/// The confirmed campaigns of the given row ids as the caller sees them (the rows of
+/// [`taxii_rows_sql`]), by row id. A row the caller may no longer see is left out.
+pub(crate) async fn visible_campaigns_by_row(
+    conn: &mut sqlx::AnyConnection,
+    actor: &Actor,
+    rows: &[i64],
+) -> Result<HashMap<i64, Campaign>> {
+    let mut out = HashMap::new();
+    for row in rows {
+        for (id, links) in
+            Db::visible_links(conn, actor, Some("confirmed"), None, Some(*row), 1).await?
+        {
+            if let Some(c) = Db::campaign_view(conn, actor, id, links).await? {
+                out.insert(id, c);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The campaigns (of one status, or all) the caller may see, newest first, at most `limit`,
@@ -1182,7 +1438,7 @@ pub(crate) async fn visible_campaigns(
     limit: i64,
 ) -> Result<Vec<Campaign>> {
     let mut out = Vec::new();
-    for (id, links) in Db::visible_links(conn, actor, status, None, limit).await? {
+    for (id, links) in Db::visible_links(conn, actor, status, None, None, limit).await? {
         if let Some(c) = Db::campaign_view(conn, actor, id, links).await? {
             out.push(c);
         }
@@ -1319,7 +1575,7 @@ pub mod api {
     use serde::Deserialize;
     use serde_json::json;
 
-    use super::{Decision, Params};
+    use super::{CampaignEdit, Decision, Params};
     use crate::Atlas;
     use crate::api::{Caller, parse_json};
     use crate::error::{Error, Result};
@@ -1362,6 +1618,20 @@ pub mod api {
         Ok(Json(a.db.decide_campaign(&c, &id, &d.status).await?).into_response())
     }
 
+    /// `PATCH /campaigns/{id}` with `{"name": …, "description": …}` (either may be absent)
+    pub async fn edit(
+        State(a): State<Arc<Atlas>>,
+        Caller(c): Caller,
+        Path(id): Path<String>,
+        body: Bytes,
+    ) -> Result<Response> {
+        if !c.role.can_write() {
+            return Err(Error::Forbidden);
+        }
+        let e: CampaignEdit = parse_json(&body)?;
+        Ok(Json(a.db.edit_campaign(&c, &id, &e).await?).into_response())
+    }
+
     /// `POST /campaigns/recompute`: runs the correlation now (editors and admins).
     pub async fn recompute(State(a): State<Arc<Atlas>>, Caller(c): Caller) -> Result<Response> {
         if !c.role.can_write() {
@@ -1401,11 +1671,15 @@ pub fn stix_objects(c: &Campaign, keep: impl Fn(&Member) -> bool) -> Vec<Value> 
         "created": created,
         "modified": modified,
         "name": c.name,
-        "description": format!(
-            "Attacks on {} outlets of the task force sharing indicators (score {:.2}), confirmed by an editor",
-            c.members.iter().map(|m| m.outlet.as_str()).collect::<BTreeSet<_>>().len(),
-            c.score
-        ),
+        "description": if c.description.is_empty() {
+            format!(
+                "Attacks on {} outlets of the task force sharing indicators (score {:.2}), confirmed by an editor",
+                c.members.iter().map(|m| m.outlet.as_str()).collect::<BTreeSet<_>>().len(),
+                c.score
+            )
+        } else {
+            c.description.clone()
+        },
         "first_seen": format_time(c.first_ms),
         "last_seen": format_time(c.last_ms.max(c.first_ms)),
         "object_marking_refs": marking,

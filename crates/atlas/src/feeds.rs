@@ -42,6 +42,12 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_ERROR: usize = 300;
 /// Most tags kept per item.
 const MAX_TAGS: usize = 30;
+/// Longest summary kept per publication, in characters of plain text (about 150 words: the
+/// lead of an article, which is what a feed's description usually is). Bounded so that "what
+/// provokes attacks" over 50,000 publications stays within memory and time.
+pub const MAX_SUMMARY: usize = 1_000;
+/// Most characters of a feed item's summary HTML read to make its plain text.
+const MAX_SUMMARY_INPUT: usize = 100_000;
 
 /// How the background poller runs.
 #[derive(Debug, Clone)]
@@ -479,6 +485,9 @@ where
 pub struct Item {
     pub url: String,
     pub title: String,
+    /// The item's summary (RSS `description`, Atom `summary`, else the start of its content) as
+    /// plain text, at most [`MAX_SUMMARY`] characters; '' when it has none.
+    pub summary: String,
     pub published_ms: i64,
     pub tags: Vec<String>,
 }
@@ -502,6 +511,147 @@ fn plain(s: &str, max: usize) -> String {
     }
     let words: Vec<&str> = out.split_whitespace().collect();
     words.join(" ").chars().take(max).collect()
+}
+
+/// Plain text of an HTML fragment (a feed item's summary, or a summary given by hand): tags
+/// dropped with the text of `script` and `style` elements, character references decoded
+/// (named ones of common use, decimal and hexadecimal), whitespace collapsed, control
+/// characters gone, at most `max` characters out of at most [`MAX_SUMMARY_INPUT`] read.
+pub fn html_text(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().take(MAX_SUMMARY_INPUT).peekable();
+    // Inside `<script>` or `<style>`: their text is code, not words.
+    let mut hidden: Option<&'static str> = None;
+    let mut len = 0usize;
+    let mut space = true;
+    fn push(c: char, out: &mut String, len: &mut usize, space: &mut bool) {
+        if c == '\u{ad}' {
+            // A soft hyphen is a line-break hint inside a word, not a character of it.
+        } else if c.is_whitespace() || c.is_control() {
+            if !*space {
+                out.push(' ');
+                *len += 1;
+                *space = true;
+            }
+        } else {
+            out.push(c);
+            *len += 1;
+            *space = false;
+        }
+    }
+    while let Some(c) = chars.next() {
+        if len >= max {
+            break;
+        }
+        if c == '<'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_alphabetic() || "/!?".contains(*n))
+        {
+            // A tag (or a comment, or a declaration): read its name, skip to its end. A `<`
+            // before anything else is text ("a < b").
+            let mut tag = String::new();
+            let mut named = false;
+            for t in chars.by_ref() {
+                if t == '>' {
+                    break;
+                }
+                if !named && (t.is_ascii_alphanumeric() || (t == '/' && tag.is_empty())) {
+                    if tag.len() < 10 {
+                        tag.push(t.to_ascii_lowercase());
+                    }
+                } else if !tag.is_empty() {
+                    named = true;
+                }
+            }
+            match tag.as_str() {
+                "script" => hidden = Some("/script"),
+                "style" => hidden = Some("/style"),
+                t if hidden == Some(t) => hidden = None,
+                _ => {}
+            }
+            push(' ', &mut out, &mut len, &mut space);
+            continue;
+        }
+        if hidden.is_some() {
+            continue;
+        }
+        if c == '&' {
+            // A character reference of at most 10 characters before `;`.
+            let mut name = String::new();
+            let mut look = chars.clone();
+            let mut ended = false;
+            for t in look.by_ref().take(11) {
+                if t == ';' {
+                    ended = true;
+                    break;
+                }
+                name.push(t);
+            }
+            if let Some(d) = ended.then(|| entity(&name)).flatten() {
+                chars = look;
+                push(d, &mut out, &mut len, &mut space);
+                continue;
+            }
+        }
+        push(c, &mut out, &mut len, &mut space);
+    }
+    out.trim().chars().take(max).collect()
+}
+
+/// Checks a summary given by hand (API): at most [`MAX_SUMMARY_INPUT`] characters, no control
+/// characters but line breaks and tabs; stored as [`html_text`] of it (a pasted HTML lead
+/// loses its markup), at most [`MAX_SUMMARY`] characters.
+pub fn check_summary(s: &str, errors: &mut Vec<FieldError>) -> String {
+    if s.chars().count() > MAX_SUMMARY_INPUT {
+        errors.push(FieldError::new(
+            "summary",
+            format!("at most {MAX_SUMMARY_INPUT} characters"),
+        ));
+        return String::new();
+    }
+    if s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        errors.push(FieldError::new(
+            "summary",
+            "must not contain control characters",
+        ));
+        return String::new();
+    }
+    html_text(s, MAX_SUMMARY)
+}
+
+/// The character a reference names (`amp`, `#1179`, `#x49B`…), if it is one this knows.
+fn entity(name: &str) -> Option<char> {
+    if let Some(num) = name.strip_prefix('#') {
+        let n = match num.strip_prefix(['x', 'X']) {
+            Some(h) => u32::from_str_radix(h, 16).ok()?,
+            None => num.parse::<u32>().ok()?,
+        };
+        return char::from_u32(n).filter(|c| *c != '\0');
+    }
+    Some(match name {
+        "amp" => '&',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        "nbsp" | "ensp" | "emsp" | "thinsp" => ' ',
+        "laquo" => '«',
+        "raquo" => '»',
+        "ldquo" => '“',
+        "rdquo" => '”',
+        "lsquo" => '‘',
+        "rsquo" => '’',
+        "bdquo" => '„',
+        "mdash" => '—',
+        "ndash" => '–',
+        "hellip" => '…',
+        "middot" => '·',
+        "shy" => '\u{ad}',
+        _ => return None,
+    })
 }
 
 /// Reads a feed (RSS 0.9x/1.0/2.0, Atom, JSON Feed) into at most `max` items. Items without a
@@ -544,6 +694,19 @@ pub fn parse_items(
         if title.is_empty() {
             continue;
         }
+        // The summary (RSS `description`, Atom `summary`), else the start of the content.
+        let summary = e
+            .summary
+            .as_ref()
+            .map(|t| html_text(&t.content, MAX_SUMMARY))
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                e.content
+                    .as_ref()
+                    .and_then(|c| c.body.as_deref())
+                    .map(|b| html_text(b, MAX_SUMMARY))
+            })
+            .unwrap_or_default();
         let published_ms = e
             .published
             .or(e.updated)
@@ -565,6 +728,7 @@ pub fn parse_items(
         items.push(Item {
             url,
             title,
+            summary,
             published_ms,
             tags,
         });
@@ -740,14 +904,15 @@ impl Db {
             Ok(Some((items, etag, lm))) => {
                 for it in &items {
                     let r = sqlx::query(
-                        "INSERT INTO publications (outlet_id, url, title, published_ms, tags)
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (outlet_id, url) DO NOTHING",
+                        "INSERT INTO publications (outlet_id, url, title, published_ms, tags, summary)
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (outlet_id, url) DO NOTHING",
                     )
                     .bind(feed.outlet_id)
                     .bind(&it.url)
                     .bind(&it.title)
                     .bind(it.published_ms)
                     .bind(serde_json::to_string(&it.tags).unwrap_or_else(|_| "[]".into()))
+                    .bind(&it.summary)
                     .execute(&mut *tx)
                     .await?;
                     added += i64::try_from(r.rows_affected()).unwrap_or(0);
@@ -947,6 +1112,50 @@ mod tests {
             "Выборы в Казахстане"
         );
         assert_eq!(plain("абвгд", 3), "абв");
+    }
+
+    #[test]
+    fn summaries_are_plain_bounded_text() {
+        assert_eq!(
+            html_text(
+                "<p>Суд над <b>журналистами</b>&nbsp;&laquo;Власти&raquo; &amp; &#1179;&#x493;</p>\n<script>var x = 'провокация';</script><style>p{}</style>  итог",
+                1000
+            ),
+            "Суд над журналистами «Власти» & қғ итог"
+        );
+        // Unknown or unterminated references stay as text; `&lt;` is text, not a tag.
+        assert_eq!(
+            html_text("a &bogus; b & c &lt;i&gt;", 100),
+            "a &bogus; b & c <i>"
+        );
+        assert_eq!(html_text("&#0; &#xFFFFFFFF;", 100), "&#0; &#xFFFFFFFF;");
+        assert_eq!(html_text("<a href='x'>один</a><br/>два", 100), "один два");
+        assert_eq!(html_text("абвгд еж", 3), "абв");
+        assert_eq!(html_text("1 < 2 <!-- c --> и 3 > 2", 100), "1 < 2 и 3 > 2");
+        assert_eq!(html_text("выбо&shy;ры", 100), "выборы");
+        let long = "слово ".repeat(10_000);
+        assert_eq!(html_text(&long, MAX_SUMMARY).chars().count(), MAX_SUMMARY);
+        // An unclosed tag swallows the rest, but never panics.
+        assert_eq!(html_text("текст <a href=", 100), "текст");
+    }
+
+    #[test]
+    fn feed_items_carry_their_summaries() {
+        let rss = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+<item><title>Заголовок</title><link>https://a.kz/1</link>
+<description>&lt;p&gt;Лид о &lt;b&gt;выборах&lt;/b&gt;&amp;nbsp;в маслихат&lt;/p&gt;</description></item>
+<item><title>Без лида</title><link>https://a.kz/2</link></item>
+</channel></rss>"#;
+        let items = parse_items(rss.as_bytes(), "https://a.kz/rss", 1_000, 10).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].summary, "Лид о выборах в маслихат");
+        assert_eq!(items[1].summary, "");
+        let atom = r#"<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">
+<title>t</title><id>urn:x</id><updated>2024-01-01T00:00:00Z</updated>
+<entry><title>Э</title><id>urn:e</id><link href="https://a.kz/3"/><updated>2024-01-01T00:00:00Z</updated>
+<content type="html">&lt;p&gt;Полный текст про тендер&lt;/p&gt;</content></entry></feed>"#;
+        let items = parse_items(atom.as_bytes(), "https://a.kz/atom", i64::MAX, 10).unwrap();
+        assert_eq!(items[0].summary, "Полный текст про тендер");
     }
 
     #[test]

@@ -811,9 +811,9 @@ const MESSAGES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "provoke.intro",
-        "Теги и слова заголовков, которые чаще обычного встречаются в публикациях перед атаками, с доверительным интервалом и примерами. Учитываются только инциденты, которые вам видны.",
-        "Шабуылдар алдындағы жарияланымдарда әдеттегіден жиі кездесетін тегтер мен тақырып сөздері, сенім аралығымен және мысалдарымен. Тек сізге көрінетін инциденттер ескеріледі.",
-        "Tags and title words found more often than usual in publications before attacks, with a confidence interval and examples. Only incidents you can see are counted.",
+        "Теги и слова заголовков и анонсов, которые чаще обычного встречаются в публикациях перед атаками, с доверительным интервалом и примерами. Учитываются только инциденты, которые вам видны.",
+        "Шабуылдар алдындағы жарияланымдарда әдеттегіден жиі кездесетін тегтер, тақырып пен аңдатпа сөздері, сенім аралығымен және мысалдарымен. Тек сізге көрінетін инциденттер ескеріледі.",
+        "Tags and words of titles and summaries found more often than usual in publications before attacks, with a confidence interval and examples. Only incidents you can see are counted.",
     ),
     (
         "provoke.window",
@@ -907,9 +907,9 @@ const MESSAGES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "provoke.method_text",
-        "Публикация считается «перед атакой», если вышла в окне до начала видимого вам инцидента своей редакции. Для каждого тега и слова заголовка: превышение = наблюдаемое число таких публикаций перед атаками / ожидаемое по обычной доле в выпуске редакции; 95% интервал — пуассоновский (Byar); p-значение — точный гипергеометрический тест; поправка Бенджамини–Хохберга на все проверенные термины. Значимо, если поправленное значение ≤ 0,05, нижняя граница интервала > 1 и публикаций перед атаками не меньше минимума.",
-        "Жарияланым, егер өз редакциясының сізге көрінетін инциденті басталғанға дейінгі терезеде шықса, «шабуыл алдында» деп саналады. Әр тег пен тақырып сөзі үшін: асып түсу = шабуылдар алдындағы осындай жарияланымдардың байқалған саны / редакцияның әдеттегі үлесі бойынша күтілетін саны; 95% аралық — Пуассон (Byar); p-мәні — дәл гипергеометриялық тест; барлық тексерілген терминдерге Бенджамини–Хохберг түзетуі. Түзетілген мән ≤ 0,05, аралықтың төменгі шегі > 1 және шабуыл алдындағы жарияланымдар ең азынан кем болмаса, маңызды.",
-        "A publication is 'before an attack' when it appeared in the window before the start of an incident of its outlet that you can see. For each tag and title word: lift = observed such publications before attacks / expected from its usual share of the outlet's output; 95% interval: Poisson (Byar); p-value: exact hypergeometric test; Benjamini–Hochberg correction over all terms tested. Significant when the adjusted value is at most 0.05, the interval's lower end is above 1 and at least the minimum number of publications before attacks carry it.",
+        "Публикация считается «перед атакой», если вышла в окне до начала видимого вам инцидента своей редакции. Для каждого тега и слова заголовка или анонса (каждое считается один раз на публикацию): превышение = наблюдаемое число таких публикаций перед атаками / ожидаемое по обычной доле в выпуске редакции; 95% интервал — пуассоновский (Byar); p-значение — точный гипергеометрический тест; поправка Бенджамини–Хохберга на все проверенные термины. Значимо, если поправленное значение ≤ 0,05, нижняя граница интервала > 1 и публикаций перед атаками не меньше минимума.",
+        "Жарияланым, егер өз редакциясының сізге көрінетін инциденті басталғанға дейінгі терезеде шықса, «шабуыл алдында» деп саналады. Әр тег, тақырып не аңдатпа сөзі үшін (әрқайсысы бір жарияланымда бір рет саналады): асып түсу = шабуылдар алдындағы осындай жарияланымдардың байқалған саны / редакцияның әдеттегі үлесі бойынша күтілетін саны; 95% аралық — Пуассон (Byar); p-мәні — дәл гипергеометриялық тест; барлық тексерілген терминдерге Бенджамини–Хохберг түзетуі. Түзетілген мән ≤ 0,05, аралықтың төменгі шегі > 1 және шабуыл алдындағы жарияланымдар ең азынан кем болмаса, маңызды.",
+        "A publication is 'before an attack' when it appeared in the window before the start of an incident of its outlet that you can see. For each tag and word of a title or summary (each counted once per publication): lift = observed such publications before attacks / expected from its usual share of the outlet's output; 95% interval: Poisson (Byar); p-value: exact hypergeometric test; Benjamini–Hochberg correction over all terms tested. Significant when the adjusted value is at most 0.05, the interval's lower end is above 1 and at least the minimum number of publications before attacks carry it.",
     ),
     (
         "provoke.min_support",

@@ -238,6 +238,56 @@ pub fn choice<T>(
     v
 }
 
+/// The one spelling of a URL that every way in (the API, feeds, STIX imports) stores, so that a
+/// URL comes back from a partner's bundle to the row it left from: escapes that spell non-ASCII
+/// UTF-8 characters are decoded (`%D0%BF` becomes `п`, readable for journalists), ASCII
+/// characters that a STIX URI must escape are escaped (`\` becomes `%5C`, as
+/// [`crate::stix::uri`] writes them), and every other escape keeps its meaning with upper-case
+/// hex digits. `stix::uri` of the result, read back through this, gives the result again.
+fn canonical_url(url: &str) -> String {
+    let b = url.as_bytes();
+    let hex = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let byte_at = |i: usize| -> Option<u8> {
+        if b.get(i) != Some(&b'%') {
+            return None;
+        }
+        Some((hex(*b.get(i + 1)?)? << 4) | hex(*b.get(i + 2)?)?)
+    };
+    let escape = |out: &mut String, x: u8| out.push_str(&format!("%{x:02X}"));
+    let mut out = String::with_capacity(url.len());
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(x) = byte_at(i) {
+            if x < 0x80 {
+                escape(&mut out, x);
+                i += 3;
+                continue;
+            }
+            // A run of escaped bytes >= 0x80: its valid UTF-8 decoded, the rest kept escaped.
+            let mut run = Vec::new();
+            while let Some(x) = byte_at(i).filter(|x| *x >= 0x80) {
+                run.push(x);
+                i += 3;
+            }
+            for chunk in run.utf8_chunks() {
+                out.push_str(chunk.valid());
+                for x in chunk.invalid() {
+                    escape(&mut out, *x);
+                }
+            }
+            continue;
+        }
+        let c = url[i..].chars().next().unwrap_or('\u{FFFD}');
+        if c.is_ascii() && !(c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c)) {
+            escape(&mut out, c as u8);
+        } else {
+            out.push(c);
+        }
+        i += c.len_utf8();
+    }
+    out
+}
+
 /// Turns an indicator value into its canonical form, so the same observable reported by two
 /// outlets lands on one row. `Err` says why the value is not a valid indicator of that kind.
 pub fn normalise_indicator(kind: IndicatorKind, raw: &str) -> Result<String, String> {
@@ -308,7 +358,9 @@ pub fn normalise_indicator(kind: IndicatorKind, raw: &str) -> Result<String, Str
                     let host = r.get(..host_end).unwrap_or("");
                     let tail = v.get(scheme_len + host_end..).unwrap_or("");
                     let scheme = lower.get(..scheme_len).unwrap_or("");
-                    Ok(format!("{scheme}{host}{tail}"))
+                    // One row for one URL however it was escaped: STIX exports escape non-ASCII
+                    // characters, a reader pastes them as they are.
+                    Ok(canonical_url(&format!("{scheme}{host}{tail}")))
                 }
                 _ => Err("not an http(s) URL".into()),
             }
@@ -379,6 +431,33 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_have_one_spelling_that_survives_a_stix_round_trip() {
+        let n = |v: &str| normalise_indicator(IndicatorKind::Url, v).unwrap();
+        assert_eq!(
+            n("HTTPS://Пример.kz/%d0%bf%D1%83%D1%82%D1%8C?a=%2f&b=%FF&c=%E2%82п"),
+            "https://Пример.kz/путь?a=%2F&b=%FF&c=%E2%82п",
+            "ASCII escapes keep their meaning, bytes that are not UTF-8 stay escaped"
+        );
+        assert_eq!(
+            n(r"https://bad.example/it's/a\path?q={x}"),
+            "https://bad.example/it's/a%5Cpath?q=%7Bx%7D"
+        );
+        // What a STIX export writes comes back to the same row.
+        for raw in [
+            "https://пример.kz/новости/2024?q=боты",
+            r"https://bad.example/it's/a\path?q=1",
+            "https://x.kz/%e2%82п%20",
+            "https://x.kz/%",
+            "https://x.kz/%Z1%",
+        ] {
+            let once = n(raw);
+            assert_eq!(n(&crate::stix::uri(&once)), once, "{raw}");
+            assert_eq!(n(&once), once, "{raw}");
+        }
+    }
+
     use proptest::prelude::*;
 
     #[test]
@@ -430,6 +509,14 @@ mod tests {
             let kind = IndicatorKind::ALL[k];
             if let Ok(v) = normalise_indicator(kind, &s) {
                 prop_assert_eq!(normalise_indicator(kind, &v), Ok(v.clone()));
+            }
+        }
+
+        #[test]
+        fn a_url_survives_a_stix_round_trip(path in "[a-zA-Z0-9пр%\\\\{}'\"^|.~/?=&-]{0,40}") {
+            let n = |v: &str| normalise_indicator(IndicatorKind::Url, v);
+            if let Ok(once) = n(&format!("https://x.kz/{path}")) {
+                prop_assert_eq!(n(&crate::stix::uri(&once)), Ok(once.clone()));
             }
         }
 

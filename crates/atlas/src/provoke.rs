@@ -1,10 +1,12 @@
-//! What provokes attacks: the publications before each incident, and the tags and title words
-//! over-represented before attacks compared with the outlet's normal output.
+//! What provokes attacks: the publications before each incident, and the tags and words (of
+//! titles and summaries) over-represented before attacks compared with the outlet's normal
+//! output.
 //!
 //! **Method.** A publication is *before an attack* when it appeared in the window (default 72 h)
 //! before the start of a visible incident of its outlet. For each term (a tag, or a keyword of a
-//! title: Unicode lower case, Russian, Kazakh and English stop words and words under three
-//! letters dropped) and each outlet, `k` of the `n` publications before attacks carry it, and `K`
+//! title or of a summary, the feed item's description as plain text: Unicode lower case,
+//! Russian, Kazakh and English stop words and words under three letters dropped; a term counts
+//! once per publication wherever it appears in it) and each outlet, `k` of the `n` publications before attacks carry it, and `K`
 //! of all `N` publications of the period. Observed `O = Σk`, expected `E = Σ n·K/N`, lift
 //! `O / E` (for one outlet, `p_before / p_all`). The 95 % interval is the Poisson interval of `O`
 //! (Byar's approximation) divided by `E`. The p-value is exact: under "attacks do not care what
@@ -347,6 +349,8 @@ pub struct PubRow {
     pub outlet_id: i64,
     pub url: String,
     pub title: String,
+    /// Plain text ('' when none); its keywords count like the title's.
+    pub summary: String,
     pub published_ms: i64,
     pub tags: Vec<String>,
 }
@@ -450,23 +454,36 @@ pub struct Report {
 
 /// The method in one paragraph (API answers carry it; the page explains it in three languages).
 pub const METHOD: &str = "Publications in the window before a visible incident of their outlet are 'before'. \
-For each tag and title keyword: lift = observed / expected before-attack publications carrying it, \
+For each tag and keyword of titles and summaries (each term once per publication): lift = observed / expected before-attack publications carrying it, \
 expected = sum over outlets of n_before * share in the outlet's whole output (one outlet: p_before / p_all); \
 95% interval: Poisson interval of the observed count (Byar) / expected; p-value: exact, the sum of \
 per-outlet hypergeometric counts; Benjamini-Hochberg over all tested terms; significant when the adjusted \
 value <= fdr, the interval's lower end > 1 and the before-attack count >= min_support.";
 
-/// Terms of one publication: its tags, then its title's keywords (as `(kind, text)`).
-fn terms_of(p: &PubRow) -> Vec<(&'static str, String)> {
+/// Most keywords one publication's summary adds (its first ones), so that a long lead does not
+/// weigh more in the analysis's memory than a hundred titles.
+pub const MAX_SUMMARY_KEYWORDS: usize = 100;
+
+/// Terms of one publication: its tags, then the keywords of its title and of its summary (as
+/// `(kind, text)`), each once: the statistics count publications, so a word in both the title
+/// and the summary, or twice in the summary, is one publication carrying it.
+pub fn terms_of(p: &PubRow) -> Vec<(&'static str, String)> {
     let mut t: Vec<(&'static str, String)> = Vec::new();
+    let mut seen: std::collections::HashSet<(&'static str, String)> = Default::default();
     for tag in &p.tags {
         let tag = tag.trim().to_lowercase();
-        if !tag.is_empty() && !t.iter().any(|(k, v)| *k == "tag" && *v == tag) {
+        if !tag.is_empty() && seen.insert(("tag", tag.clone())) {
             t.push(("tag", tag));
         }
     }
-    for w in keywords(&p.title) {
-        t.push(("keyword", w));
+    let summary = keywords(&p.summary);
+    for w in keywords(&p.title)
+        .into_iter()
+        .chain(summary.into_iter().take(MAX_SUMMARY_KEYWORDS))
+    {
+        if seen.insert(("keyword", w.clone())) {
+            t.push(("keyword", w));
+        }
     }
     t
 }
@@ -990,7 +1007,7 @@ impl Db {
             // The ids are integers read from our own database, not input.
             let list: Vec<String> = ids.iter().map(i64::to_string).collect();
             let sql = format!(
-                "SELECT outlet_id, url, title, published_ms, tags FROM publications
+                "SELECT outlet_id, url, title, summary, published_ms, tags FROM publications
                  WHERE outlet_id IN ({}) AND published_ms >= $1 AND published_ms <= $2
                  ORDER BY published_ms DESC, id LIMIT {MAX_PUBLICATIONS}",
                 list.join(", ")
@@ -1006,6 +1023,7 @@ impl Db {
                         outlet_id: r.try_get("outlet_id")?,
                         url: r.try_get("url")?,
                         title: r.try_get("title")?,
+                        summary: r.try_get("summary")?,
                         published_ms: r.try_get("published_ms")?,
                         tags: tags_of(&r.try_get::<String, _>("tags")?),
                     })
@@ -1062,6 +1080,33 @@ mod tests {
         );
         assert!(keywords("").is_empty());
         assert!(keywords("a и в — 12 ... !!!").is_empty());
+    }
+
+    #[test]
+    fn a_term_counts_once_per_publication() {
+        let p = PubRow {
+            outlet_id: 1,
+            url: "https://a.kz/1".into(),
+            title: "Выборы в маслихат".into(),
+            summary: "Выборы, выборы и снова ВЫБОРЫ: маслихат".into(),
+            published_ms: 0,
+            tags: vec!["Выборы".into(), "выборы ".into()],
+        };
+        let t = terms_of(&p);
+        let n = |kind: &str, w: &str| t.iter().filter(|(k, v)| *k == kind && v == w).count();
+        assert_eq!(n("tag", "выборы"), 1);
+        assert_eq!(n("keyword", "выборы"), 1);
+        assert_eq!(n("keyword", "маслихат"), 1);
+        assert_eq!(n("keyword", "снова"), 1);
+        // A long summary adds at most MAX_SUMMARY_KEYWORDS words.
+        let long: Vec<String> = (0..500).map(|i| format!("слово{i}")).collect();
+        let p = PubRow {
+            summary: long.join(" "),
+            title: "Заголовок".into(),
+            tags: Vec::new(),
+            ..p
+        };
+        assert_eq!(terms_of(&p).len(), 1 + MAX_SUMMARY_KEYWORDS);
     }
 
     #[test]

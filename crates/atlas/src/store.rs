@@ -261,6 +261,10 @@ pub struct PublicationIn {
     pub published_at: String,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The lead or description, as plain text or HTML (stored as plain text); "what provokes
+    /// attacks" takes keywords from it too.
+    #[serde(default)]
+    pub summary: Option<String>,
 }
 
 /// A publication of an outlet.
@@ -271,6 +275,8 @@ pub struct Publication {
     pub title: String,
     pub published_at: String,
     pub tags: Vec<String>,
+    /// Plain text, '' when none.
+    pub summary: String,
 }
 
 /// One audit entry.
@@ -1399,20 +1405,24 @@ impl Db {
             .enumerate()
             .map(|(i, t)| short_text(&format!("tags[{i}]"), t, &mut e).to_lowercase())
             .collect();
+        let summary = crate::feeds::check_summary(p.summary.as_deref().unwrap_or(""), &mut e);
         Error::check(e)?;
         let at = at.unwrap_or(0);
         let _w = self.write().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO publications (outlet_id, url, title, published_ms, tags) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO publications (outlet_id, url, title, published_ms, tags, summary)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (outlet_id, url) DO UPDATE SET title = excluded.title,
-               published_ms = excluded.published_ms, tags = excluded.tags",
+               published_ms = excluded.published_ms, tags = excluded.tags,
+               summary = excluded.summary",
         )
         .bind(actor.outlet_id)
         .bind(&url)
         .bind(&title)
         .bind(at)
         .bind(serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()))
+        .bind(&summary)
         .execute(&mut *tx)
         .await?;
         audit(
@@ -1432,6 +1442,7 @@ impl Db {
             title,
             published_at: format_time(at),
             tags,
+            summary,
         })
     }
 
@@ -1447,7 +1458,7 @@ impl Db {
             return Err(Error::Forbidden);
         }
         let rows = sqlx::query(
-            "SELECT o.slug, p.url, p.title, p.published_ms, p.tags FROM publications p
+            "SELECT o.slug, p.url, p.title, p.published_ms, p.tags, p.summary FROM publications p
              JOIN outlets o ON o.id = p.outlet_id
              WHERE ($1 = '' OR o.slug = $1) AND p.published_ms >= $2 AND p.published_ms < $3
              ORDER BY p.published_ms DESC LIMIT 1000",
@@ -1466,6 +1477,7 @@ impl Db {
                     published_at: format_time(r.try_get("published_ms")?),
                     tags: serde_json::from_str(&r.try_get::<String, _>("tags")?)
                         .unwrap_or_default(),
+                    summary: r.try_get("summary")?,
                 })
             })
             .collect()

@@ -11,7 +11,10 @@
 //!
 //! The collection is not a copy: its objects are made from the store on each request
 //! (`stix.rs`), and an object's `date_added` is the server time of the last change of the row it
-//! comes from (an incident, a timeline update, a sighting, an outlet). `next` is a stateless
+//! comes from (an incident, a timeline update, a sighting, an outlet, a confirmed campaign or
+//! one of its visible members). Campaigns are the export's: the confirmed ones the caller sees
+//! through two visible members, with the members and shared indicators the caller may see
+//! (`campaigns::stix_objects`, the same TLP rule as the export and the campaign pages). `next` is a stateless
 //! cursor: the `(date_added, source, row, object)` position of the next object, so paging needs
 //! no server memory; `added_after` with the last `X-TAXII-Date-Added-Last` resumes too.
 //! The atlas keeps the current version of each object only, so `versions/` lists one.
@@ -70,6 +73,10 @@ const ROWS_PER_ROUND: i64 = 200;
 const STATUS_KEEP_MS: i64 = 24 * 3600 * 1000;
 /// Status resources list their objects one by one up to this many (counts are always there).
 const STATUS_MAX_LISTED: usize = 1000;
+/// Most objects one row of the collection makes: a campaign makes itself, one relationship per
+/// member and at most [`crate::campaigns::STIX_MAX_INDICATES`] more; every other row a handful.
+/// A cursor's object index beyond this is junk.
+const MAX_OBJECTS_PER_ROW: usize = 1024;
 
 /// The routes, with their full paths (merged into the app at the root).
 pub fn router() -> Router<Arc<Atlas>> {
@@ -288,7 +295,7 @@ async fn api_root(TaxiiCaller(_): TaxiiCaller, headers: HeaderMap) -> TResult<Re
         StatusCode::OK,
         &json!({
             "title": "Qalqan atlas",
-            "description": "Incidents, indicators, sightings and notes the caller may see.",
+            "description": "Incidents, indicators, sightings, notes and confirmed campaigns the caller may see.",
             "versions": [TAXII_MEDIA],
             "max_content_length": MAX_BUNDLE_BYTES,
         }),
@@ -362,23 +369,31 @@ impl Cursor {
             added: it.next()?.parse().ok()?,
             src: it.next().filter(|s| SOURCES.contains(s))?.to_string(),
             rid: it.next()?.parse().ok()?,
-            k: it.next()?.parse().ok().filter(|k| *k < 16)?,
+            k: it
+                .next()?
+                .parse()
+                .ok()
+                .filter(|k| *k < MAX_OBJECTS_PER_ROW)?,
         };
         it.next().is_none().then_some(c)
     }
 }
 
 /// The row sources of the collection, one letter each (sorted as they page).
-const SOURCES: [&str; 6] = ["i", "m", "n", "o", "s", "x"];
+const SOURCES: [&str; 7] = ["c", "i", "m", "n", "o", "s", "x"];
 
 /// The sources that can hold objects of a STIX type.
 fn sources_of_type(t: &str) -> &'static [&'static str] {
     match t {
+        "campaign" => &["c"],
         "incident" | "report" => &["i"],
         "marking-definition" => &["m"],
         "note" => &["n"],
         "identity" => &["o"],
-        "indicator" | "observed-data" | "sighting" | "relationship" => &["s"],
+        "indicator" | "observed-data" | "sighting" => &["s"],
+        // Sightings relate indicators to incidents; campaigns relate incidents and indicators
+        // to themselves.
+        "relationship" => &["c", "s"],
         "ipv4-addr" | "ipv6-addr" | "autonomous-system" | "domain-name" | "url" | "email-addr"
         | "user-account" | "file" => &["x"],
         _ => &[],
@@ -556,6 +571,8 @@ fn union_sql(srcs: &[&str], limit: i64) -> String {
                 .collect::<Vec<_>>()
                 .join(" UNION ALL "),
             "o" => "SELECT 'o' AS src, o.id AS rid, o.created_ms AS added FROM outlets o".into(),
+            // Confirmed campaigns, as the STIX export carries them (`campaigns.rs`).
+            "c" => crate::campaigns::taxii_rows_sql("c"),
             "i" => format!(
                 "SELECT 'i' AS src, i.id AS rid, CASE WHEN i.updated_ms > i.created_ms THEN i.updated_ms ELSE i.created_ms END AS added
                  FROM incidents i WHERE {VISIBLE}"
@@ -592,7 +609,8 @@ async fn expand(
     rows: &[(String, i64, i64)],
 ) -> Result<Vec<Vec<Value>>, Error> {
     let ids = |src: &str| -> Vec<i64> { rows.iter().filter(|r| r.0 == src).map(|r| r.1).collect() };
-    let (ii, nn, ss, xx) = (ids("i"), ids("n"), ids("s"), ids("x"));
+    let (ii, nn, ss, xx, cc) = (ids("i"), ids("n"), ids("s"), ids("x"), ids("c"));
+    let campaigns = crate::campaigns::visible_campaigns_by_row(c, actor, &cc).await?;
     let incidents: Vec<IncidentRow> =
         load_incidents(c, actor, Sel::Ids(&ii), ii.len() as i64 + 1).await?;
     let refs = load_report_refs(c, actor, &incidents).await?;
@@ -611,6 +629,11 @@ async fn expand(
             "m" => Tlp::ALL
                 .get(usize::try_from(*rid).unwrap_or(usize::MAX))
                 .map(|t| vec![stix::marking(*t)])
+                .unwrap_or_default(),
+            // The export's campaign objects, every member the caller sees kept.
+            "c" => campaigns
+                .get(rid)
+                .map(|camp| crate::campaigns::stix_objects(camp, |_| true))
                 .unwrap_or_default(),
             "o" => outlets
                 .iter()
@@ -1108,7 +1131,26 @@ mod tests {
             k: 3,
         };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
-        for junk in ["", "1.s.2", "1.q.2.0", "1.s.2.99", "a.s.2.0", "1.s.2.0.0"] {
+        let c = Cursor {
+            added: 5,
+            src: "c".into(),
+            rid: 7,
+            k: 550,
+        };
+        assert_eq!(
+            Cursor::decode(&c.encode()),
+            Some(c),
+            "a campaign's 551st object"
+        );
+        for junk in [
+            "",
+            "1.s.2",
+            "1.q.2.0",
+            "1.s.2.1024",
+            "a.s.2.0",
+            "1.s.2.0.0",
+            "1.c.2.-1",
+        ] {
             assert_eq!(Cursor::decode(junk), None, "{junk}");
         }
     }

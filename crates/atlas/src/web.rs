@@ -78,7 +78,9 @@ pub fn router() -> Router<Arc<Atlas>> {
         // Campaigns across outlets (`web/campaigns.rs`).
         .route("/campaigns", get(campaigns::list))
         .route("/campaigns/recompute", post(campaigns::recompute))
+        .route("/campaigns/{id}", get(campaigns::show))
         .route("/campaigns/{id}/decision", post(campaigns::decide))
+        .route("/campaigns/{id}/edit", post(campaigns::edit))
         // The map of attacks (`map/pages.rs`).
         .merge(crate::map::pages::router())
         .fallback(not_found)

@@ -27,6 +27,7 @@ both_backends! {
     import => import_story,
     taxii_protocol => taxii_story,
     export_pages => pages_story,
+    export_keyset_pages => keyset_story,
 }
 
 const OUTLETS: [&str; 3] = ["alpha", "bravo", "charlie"];
@@ -1258,4 +1259,197 @@ async fn pages_story(kind: Kind) {
     let june = addrs(&bundle(&w, B, "?from=2026-05-15&to=2026-07-01").await);
     assert_eq!(june.len(), 700);
     assert_eq!(may.intersection(&june).count(), 200);
+}
+
+/// The export pages notes and sightings by (incident, key) inside the selected incidents' row-id
+/// span: rows across page boundaries (500 rows; 100 incidents), inside one incident and across
+/// incidents, with an invisible incident's rows in between and sightings added to an earlier
+/// incident after a later one's, come out exactly once, and nothing of the invisible incident
+/// leaks.
+async fn keyset_story(kind: Kind) {
+    let Some((_t, w)) = build(kind).await else {
+        return;
+    };
+    let ip = |set: u32, k: u32| format!("10.{set}.{}.{}", k / 256, k % 256);
+    let create = |owner: usize, title: String, tlp: &'static str, day: &'static str| {
+        let client = &w.client;
+        let auth = Auth::Bearer(w.editors[owner].clone());
+        async move {
+            let a = client
+                .json(
+                    Method::POST,
+                    "/api/v1/incidents",
+                    &auth,
+                    &json!({"kind": "http_flood", "title": title, "tlp": tlp,
+                            "started_at": format!("{day}T10:00:00Z")}),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+            a.json()["id"].as_str().unwrap().to_string()
+        }
+    };
+    let add = |owner: usize, id: String, ips: Vec<String>| {
+        let client = &w.client;
+        let auth = Auth::Bearer(w.editors[owner].clone());
+        async move {
+            for chunk in ips.chunks(400) {
+                let body: Vec<Value> = chunk
+                    .iter()
+                    .map(|v| json!({"kind": "ip", "value": v, "count": 2}))
+                    .collect();
+                let s = client
+                    .json(
+                        Method::POST,
+                        &format!("/api/v1/incidents/{id}/indicators"),
+                        &auth,
+                        &Value::Array(body),
+                    )
+                    .await;
+                assert_eq!(s.status, StatusCode::CREATED, "{}", s.text());
+            }
+        }
+    };
+    // Bravo's big incident, alpha's RED one (bravo may not see it), bravo's second incident
+    // (its first 50 addresses are the big one's), then more addresses for the big one.
+    let big = create(B, "big".into(), "green", "2026-06-10").await;
+    let big_ips: Vec<String> = (0..1234).map(|k| ip(1, k)).collect();
+    add(B, big.clone(), big_ips.clone()).await;
+    let hidden = create(A, "hidden".into(), "red", "2026-06-15").await;
+    add(A, hidden.clone(), (0..600).map(|k| ip(2, k)).collect()).await;
+    let second = create(B, "second".into(), "green", "2026-06-20").await;
+    let second_ips: Vec<String> = (0..50)
+        .map(|k| ip(1, k))
+        .chain((50..300).map(|k| ip(3, k)))
+        .collect();
+    add(B, second.clone(), second_ips.clone()).await;
+    let late: Vec<String> = (0..100).map(|k| ip(4, k)).collect();
+    add(B, big.clone(), late.clone()).await;
+    // 130 small incidents (more than a page of incidents), each with the same address.
+    let mut small = Vec::new();
+    for n in 0..130 {
+        let id = create(B, format!("small {n}"), "green", "2026-07-01").await;
+        add(B, id.clone(), vec!["10.9.9.9".into()]).await;
+        small.push(id);
+    }
+    // Notes, written interleaved: 700 on the big incident, 300 on the hidden one, 450 on the
+    // second.
+    let db = w.client.db();
+    let row = |uuid: &str| {
+        let uuid = uuid.to_string();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM incidents WHERE uuid = $1")
+                .bind(uuid)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (big_row, hidden_row, second_row) =
+        (row(&big).await, row(&hidden).await, row(&second).await);
+    let mut tx = db.pool.begin().await.unwrap();
+    for k in 0..700i64 {
+        let mut on = vec![big_row];
+        if k < 300 {
+            on.push(hidden_row);
+        }
+        if k < 450 {
+            on.push(second_row);
+        }
+        for inc in on {
+            sqlx::query(
+                "INSERT INTO incident_updates (incident_id, author, created_ms, body) VALUES ($1, 'test', $2, $3)",
+            )
+            .bind(inc)
+            .bind(1_780_000_000_000 + k)
+            .bind(format!("note {k}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    let notes_of = |inc: i64, uuid: String| async move {
+        let rows: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM incident_updates WHERE incident_id = $1 AND author = 'test'",
+        )
+        .bind(inc)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|r| stix::derived_id("note", &[&uuid, &r.to_string()]))
+            .collect::<BTreeSet<String>>()
+    };
+    let sightings_of = |uuid: &str, ips: &[String]| -> BTreeSet<String> {
+        ips.iter()
+            .map(|v| stix::sighting_ids(uuid, IndicatorKind::Ip, v).sighting)
+            .collect()
+    };
+    let of_type = |objects: &[Value], ty: &str| -> Vec<String> {
+        objects
+            .iter()
+            .filter(|o| o["type"] == ty)
+            .map(|o| o["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let set = |v: Vec<String>| -> BTreeSet<String> {
+        let s: BTreeSet<String> = v.iter().cloned().collect();
+        assert_eq!(s.len(), v.len(), "an object came out twice");
+        s
+    };
+    let big_all: Vec<String> = big_ips.iter().chain(&late).cloned().collect();
+    let mut want_sightings = sightings_of(&big, &big_all);
+    want_sightings.extend(sightings_of(&second, &second_ips));
+    for id in &small {
+        want_sightings.extend(sightings_of(id, &["10.9.9.9".to_string()]));
+    }
+    let mut want_notes = notes_of(big_row, big.clone()).await;
+    want_notes.extend(notes_of(second_row, second.clone()).await);
+    assert_eq!(want_notes.len(), 1150);
+
+    // Bravo, over the window of the new incidents only.
+    let window = "?from=2026-06-01&to=2026-08-01";
+    let objects = bundle(&w, B, window).await;
+    let mut want_incidents: BTreeSet<String> = small.iter().cloned().collect();
+    want_incidents.extend([big.clone(), second.clone()]);
+    assert_eq!(incidents_in(&objects), want_incidents);
+    assert_eq!(set(of_type(&objects, "sighting")), want_sightings);
+    assert_eq!(set(of_type(&objects, "note")), want_notes);
+    let addrs: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| o["type"] == "ipv4-addr")
+        .map(|o| o["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addrs.len(), 1334 + 250 + 1, "each address once");
+    let text = serde_json::to_string(&objects).unwrap();
+    assert!(
+        !text.contains(&hidden),
+        "the RED incident of alpha leaks into bravo's export"
+    );
+    assert!(
+        !text.contains("10.2.0.1\""),
+        "an address only the hidden incident has leaks"
+    );
+
+    // Alpha sees its own RED incident too, in the middle of the span.
+    let objects = bundle(&w, A, window).await;
+    let hidden_sightings = sightings_of(&hidden, &(0..600).map(|k| ip(2, k)).collect::<Vec<_>>());
+    let got = set(of_type(&objects, "sighting"));
+    assert_eq!(got.len(), want_sightings.len() + 600);
+    assert!(got.is_superset(&hidden_sightings) && got.is_superset(&want_sightings));
+    let got = set(of_type(&objects, "note"));
+    assert_eq!(got.len(), 1150 + 300);
+
+    // One incident alone: every page is inside it.
+    let objects = bundle(&w, B, &format!("?incident={big}")).await;
+    assert_eq!(
+        set(of_type(&objects, "sighting")),
+        sightings_of(&big, &big_all)
+    );
+    assert_eq!(
+        set(of_type(&objects, "note")),
+        notes_of(big_row, big.clone()).await
+    );
+    // A window with nothing in it.
+    assert!(bundle(&w, B, "?from=2030-01-01").await.is_empty());
 }

@@ -358,7 +358,11 @@ pub async fn run(sc: &Scenario, target: &str, opts: Options) -> anyhow::Result<R
     let started_unix_ms = unix_ms();
     let end = start + Duration::from_secs(total);
     let attack_at = start + Duration::from_secs(r.warmup + r.baseline);
-    let stop = opts.stop.clone().unwrap_or_else(|| watch::channel(false).1);
+    // Without a caller's stop signal the run makes its own and keeps the sender until it ends:
+    // a dropped sender would make every `changed()` return at once, and the readers and
+    // floods would no longer wait for their times.
+    let (_keep_stop, own_stop) = watch::channel(false);
+    let stop = opts.stop.clone().unwrap_or(own_stop);
     let shared = Arc::new(Shared {
         base,
         source: r.source,
@@ -713,6 +717,23 @@ struct Flood {
     seed: u64,
 }
 
+/// Flood address `k` of population `pop`, in its own networks or the readers' (see
+/// [`crate::scenario::Networks`]).
+fn attacker_addr(pop: u32, k: u32, networks: crate::scenario::Networks) -> Who {
+    match networks {
+        crate::scenario::Networks::Own => flood_addr(pop, k),
+        crate::scenario::Networks::Readers => {
+            // Readers use host numbers 1–200 of 95.56.x.0/24; attackers take 201–250.
+            let kk = k % 12_800;
+            let (c, d) = ((kk % 256) as u8, (201 + kk / 256) as u8);
+            Who {
+                public: Ipv4Addr::new(95, 56, c, d),
+                local: Ipv4Addr::new(127, 16, c, d),
+            }
+        }
+    }
+}
+
 /// Flood address `k` of population `pop`: each in its own /24, in public ranges far from the
 /// readers' (20.x–79.x) when named in X-Forwarded-For; in 127.64.0.0/10 when bound.
 fn flood_addr(pop: u32, k: u32) -> Who {
@@ -877,7 +898,7 @@ async fn flood_one(
     jars: &[Mutex<Jar>],
     farm: &Semaphore,
 ) -> FloodOutcome {
-    let who = flood_addr(f.index, k);
+    let who = attacker_addr(f.index, k, f.cfg.networks);
     let ua = BOT_UAS[k as usize % BOT_UAS.len()];
     let client = f.shared.client_for(&f.client, who, 0);
     let s = &f.shared;
@@ -987,7 +1008,7 @@ async fn slow(
         if !s.take() {
             break;
         }
-        let who = flood_addr(index, c % a.addresses);
+        let who = attacker_addr(index, c % a.addresses, a.networks);
         let (s2, tally, open_now, host) =
             (s.clone(), tally.clone(), open_now.clone(), host.clone());
         let interval = Duration::from_secs(a.interval);
@@ -1108,8 +1129,11 @@ async fn fetch_stats(client: &Client, origin: &str) -> anyhow::Result<Stats> {
 
 /// The shield's counters worth keeping in the report.
 async fn shield_metrics(client: &Client, admin: &str) -> anyhow::Result<Vec<String>> {
-    const KEEP: [&str; 7] = [
+    const KEEP: [&str; 10] = [
         "qalqan_shield_requests_total",
+        "qalqan_shield_newcomer_paced_total",
+        "qalqan_shield_newcomer_rate",
+        "qalqan_shield_familiar_networks",
         "qalqan_shield_route_requests_total",
         "qalqan_shield_challenge_total",
         "qalqan_shield_origin_errors_total",
@@ -1307,6 +1331,68 @@ async fn sampler(p: Sampler) -> Vec<ModeChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run started without a caller's stop signal (as `bench/kursiv` starts one) keeps to its
+    /// rates: readers at their pace, no flood before the attack phase.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_stop_signal_the_run_keeps_its_rates() {
+        let origin = crate::origin::Origin::start(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::origin::OriginConfig::default(),
+        )
+        .await
+        .unwrap();
+        let sc = Scenario::from_toml(
+            r#"
+name = "pace"
+[run]
+warmup = 0
+baseline = 2
+attack = 1
+timeout = 5
+[[readers]]
+name = "r"
+count = 10
+rate = 5.0
+[[attackers]]
+name = "f"
+kind = "flood"
+rate = 20.0
+path = "/search"
+addresses = 10
+"#,
+        )
+        .unwrap();
+        let res = run(&sc, &origin.url(), Options::default()).await.unwrap();
+        // About 15 views in 3 s; thousands when the readers did not wait.
+        assert!(res.views.len() <= 60, "{} views", res.views.len());
+        let before: u64 = res.seconds[..2].iter().map(|s| s.flood_sent).sum();
+        assert_eq!(before, 0, "no flood before the attack phase");
+        let during: u64 = res.seconds[2..].iter().map(|s| s.flood_sent).sum();
+        assert!(
+            (5..=40).contains(&during),
+            "{during} flood requests in 1 s at 20/s"
+        );
+    }
+
+    #[test]
+    fn attackers_in_the_readers_networks_share_their_16_but_never_an_address() {
+        use crate::scenario::Networks;
+        let readers: std::collections::HashSet<_> =
+            (0..256).map(|id| reader_addr(id).public).collect();
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..12_800 {
+            let a = attacker_addr(0, k, Networks::Readers);
+            assert_eq!(a.public.octets()[..2], [95, 56]);
+            assert_eq!(a.local.octets()[..2], [127, 16]);
+            assert!(!readers.contains(&a.public), "{}", a.public);
+            assert!(seen.insert(a.public), "{} twice", a.public);
+        }
+        assert_eq!(
+            attacker_addr(1, 7, Networks::Own).public,
+            flood_addr(1, 7).public
+        );
+    }
 
     #[test]
     fn addresses_are_distinct_per_24() {

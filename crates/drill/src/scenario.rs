@@ -138,6 +138,20 @@ pub enum AttackKind {
     Slow,
 }
 
+/// Where an attacker population's addresses are.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Networks {
+    /// Networks of their own, far from the readers' (a botnet abroad): each address in its own
+    /// /24 of 20.0.0.0–79.255.255.255 (forwarded) or 127.64.0.0/10 (bound).
+    #[default]
+    Own,
+    /// Inside the readers' own /16 (a farm on the same access network): 95.56.0.0/16
+    /// (forwarded) or 127.16.0.0/16 (bound), never a reader's address; at most 12,800 distinct
+    /// addresses per population.
+    Readers,
+}
+
 /// A population of attackers, active in the attack phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +177,9 @@ pub struct Attackers {
     /// Distinct source addresses (each in its own /24).
     #[serde(default = "default_addresses")]
     pub addresses: u32,
+    /// Where the addresses are: "own" networks (default) or the "readers"' networks.
+    #[serde(default)]
+    pub networks: Networks,
     /// flood: further addresses that solve challenges and keep the clearance (headless
     /// browsers). They share one solver, as a farm on a small machine would.
     #[serde(default)]

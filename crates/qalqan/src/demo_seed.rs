@@ -387,6 +387,7 @@ pub async fn seed(db: &Db, now_ms: i64) -> anyhow::Result<Seeded> {
                     title: title.into(),
                     published_at: format_time(now_ms - day * DAY + (8 + 5 * slot) * HOUR),
                     tags: vec![topic.into()],
+                    summary: None,
                 },
             )
             .await

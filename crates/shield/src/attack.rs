@@ -16,7 +16,11 @@ use qalqan_detect::{DetectConfig, Detector, Episode, Mode, Override, Sample, Tra
 
 /// The shield's attack state.
 pub struct Attack {
+    /// The site-wide detector's mode.
     mode: AtomicU8,
+    /// The highest of the site's and every route class's mode: an episode is open while it is
+    /// not `normal`.
+    any: AtomicU8,
     extra_bits: AtomicU8,
     inner: Mutex<Inner>,
     episodes_path: Option<PathBuf>,
@@ -34,6 +38,10 @@ pub struct Attack {
 
 struct Inner {
     detector: Detector,
+    /// One detector per route class, by name (as many as the configuration has classes; a
+    /// reload keeps the baselines of the names it keeps).
+    routes: std::collections::BTreeMap<String, Detector>,
+    config: DetectConfig,
     episode: Option<Episode>,
     last_transition: Option<Transition>,
     rng: u64,
@@ -49,6 +57,16 @@ fn code(m: Mode) -> u8 {
     }
 }
 
+/// Reads a mode stored with [`store_mode`].
+pub fn load_mode(a: &AtomicU8) -> Mode {
+    from_code(a.load(Relaxed))
+}
+
+/// Stores a mode in an atomic (a route class's own mode).
+pub fn store_mode(a: &AtomicU8, m: Mode) {
+    a.store(code(m), Relaxed);
+}
+
 fn from_code(c: u8) -> Mode {
     match c {
         1 => Mode::Elevated,
@@ -62,9 +80,12 @@ impl Attack {
     pub fn new(cfg: DetectConfig, episodes_path: Option<PathBuf>) -> Self {
         Attack {
             mode: AtomicU8::new(0),
+            any: AtomicU8::new(0),
             extra_bits: AtomicU8::new(0),
             inner: Mutex::new(Inner {
-                detector: Detector::new(cfg),
+                detector: Detector::new(cfg.clone()),
+                routes: std::collections::BTreeMap::new(),
+                config: cfg,
                 episode: None,
                 last_transition: None,
                 rng: 0x9E37_79B9_7F4A_7C15,
@@ -130,9 +151,14 @@ impl Attack {
         self.extra_bits.load(Relaxed)
     }
 
+    /// Whether an episode is being recorded: the site or some route class is not `normal`.
+    pub fn recording(&self) -> bool {
+        from_code(self.any.load(Relaxed)) != Mode::Normal
+    }
+
     /// Adds one request to the current episode, if there is one. Never waits.
     pub fn observe(&self, req: &qalqan_detect::Request<'_>) {
-        if self.mode() == Mode::Normal {
+        if !self.recording() {
             return;
         }
         // Country and AS are looked up here, so only while an episode is open: two binary
@@ -189,6 +215,63 @@ impl Attack {
         t
     }
 
+    /// Feeds one second of each route class's counters to its own detector (created on first
+    /// sight, dropped when a reload removes the class) and returns each class's mode, in the
+    /// order given. A class's mode applies to its own requests on top of the site's.
+    pub fn tick_routes(&self, now_ms: u64, samples: &[(&str, Sample)]) -> Vec<Mode> {
+        let Ok(mut g) = self.inner.lock() else {
+            return vec![Mode::Normal; samples.len()];
+        };
+        let inner = &mut *g;
+        inner
+            .routes
+            .retain(|name, _| samples.iter().any(|(n, _)| n == name));
+        let mut modes = Vec::with_capacity(samples.len());
+        let mut escalated = false;
+        for (name, sample) in samples {
+            let config = &inner.config;
+            let d = inner
+                .routes
+                .entry((*name).to_string())
+                .or_insert_with(|| Detector::new(config.clone()));
+            if let Some(t) = d.tick(now_ms, *sample) {
+                tracing::warn!(route = %name, from = t.from.as_str(), to = t.to.as_str(), reason = ?t.reason, "route attack mode changed");
+                escalated |= t.to == Mode::UnderAttack;
+            }
+            modes.push(d.mode());
+        }
+        if escalated {
+            self.began.notify_waiters();
+        }
+        self.settle(inner, now_ms);
+        modes
+    }
+
+    /// Opens the episode when the site or a route class leaves `normal`, and closes it (written
+    /// and offered to the atlas) when all are back.
+    fn settle(&self, g: &mut Inner, now_ms: u64) {
+        let any = g
+            .routes
+            .values()
+            .map(Detector::mode)
+            .chain(std::iter::once(g.detector.mode()))
+            .max_by_key(|m| code(*m))
+            .unwrap_or(Mode::Normal);
+        self.any.store(code(any), Relaxed);
+        if any != Mode::Normal && g.episode.is_none() {
+            g.episode = Some(Episode::new(now_ms));
+            g.last_push_ms = now_ms;
+        }
+        if any == Mode::Normal
+            && let Some(mut e) = g.episode.take()
+        {
+            e.finish(now_ms);
+            self.write_episode(&e);
+            // Queued, not sent: the push task posts it; nothing here waits on the atlas.
+            self.push.offer(&e);
+        }
+    }
+
     /// Sets or clears the manual override.
     pub fn set_override(&self, now_ms: u64, ov: Override) -> Option<Transition> {
         let Ok(mut g) = self.inner.lock() else {
@@ -206,18 +289,7 @@ impl Attack {
         }
         g.last_transition = Some(t);
         tracing::warn!(from = t.from.as_str(), to = t.to.as_str(), reason = ?t.reason, "attack mode changed");
-        if t.from == Mode::Normal && g.episode.is_none() {
-            g.episode = Some(Episode::new(now_ms));
-            g.last_push_ms = now_ms;
-        }
-        if t.to == Mode::Normal
-            && let Some(mut e) = g.episode.take()
-        {
-            e.finish(now_ms);
-            self.write_episode(&e);
-            // Queued, not sent: the push task posts it; nothing here waits on the atlas.
-            self.push.offer(&e);
-        }
+        self.settle(g, now_ms);
         Some(t)
     }
 
@@ -278,8 +350,23 @@ impl Attack {
             return "{}".into();
         };
         let d = &g.detector;
+        let routes: serde_json::Map<String, serde_json::Value> = g
+            .routes
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    serde_json::json!({
+                        "mode": r.mode().as_str(),
+                        "rps": r.last_rps(),
+                        "baseline_rps": r.baseline_rps(),
+                    }),
+                )
+            })
+            .collect();
         serde_json::json!({
             "mode": d.mode().as_str(),
+            "routes": routes,
             "override_until_ms": d.override_until(),
             "rps": d.last_rps(),
             "baseline_rps": d.baseline_rps(),
@@ -303,6 +390,78 @@ pub fn extra_bits(ratio: f64) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quiet(requests: u64) -> Sample {
+        Sample {
+            requests,
+            origin_p95_ms: 0.0,
+            origin_in_flight: 0,
+            origin_capacity: 0,
+        }
+    }
+
+    /// A flood on one route class, small beside the site's traffic: the class goes
+    /// `under_attack` on its own baseline while the site stays `normal`, an episode is recorded
+    /// for it, and both come back after the cooldown without flapping.
+    #[test]
+    fn a_route_class_goes_under_attack_on_its_own_and_is_recorded() {
+        let dir = std::env::temp_dir().join(format!("qalqan-route-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("episodes.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let cfg = DetectConfig {
+            warmup_secs: 5,
+            enter_after_secs: 2,
+            cooldown_secs: 5,
+            baseline_floor_rps: 1.0,
+            ..DetectConfig::default()
+        };
+        let a = Attack::new(cfg, Some(path.clone()));
+        let mut t = 1_000_000u64;
+        let mut step = |site: u64, search: u64, articles: u64| {
+            t += 1000;
+            a.tick(t, quiet(site));
+            a.tick_routes(
+                t,
+                &[("search", quiet(search)), ("default", quiet(articles))],
+            )
+        };
+        // A minute of calm: 1,000 requests a second, 2 of them searches.
+        for _ in 0..60 {
+            assert_eq!(step(1000, 2, 998), [Mode::Normal, Mode::Normal]);
+        }
+        assert!(!a.recording());
+        // 60 searches a second: 6 % more traffic for the site, 30 times normal for search.
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            seen.push(step(1058, 60, 998)[0]);
+            assert_eq!(a.mode(), Mode::Normal, "the site as a whole is calm");
+        }
+        assert_eq!(seen.last(), Some(&Mode::UnderAttack), "{seen:?}");
+        assert!(a.recording(), "an episode is open for the route's attack");
+        let status: serde_json::Value = serde_json::from_str(&a.status_json()).unwrap();
+        assert_eq!(status["mode"], "normal");
+        assert_eq!(status["routes"]["search"]["mode"], "under_attack");
+        assert_eq!(status["routes"]["default"]["mode"], "normal");
+        // Calm again: down one level per cooldown, never back up.
+        let mut down = Vec::new();
+        for _ in 0..30 {
+            down.push(step(1000, 2, 998)[0]);
+        }
+        let flips = down.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(flips, 2, "under_attack -> elevated -> normal: {down:?}");
+        assert_eq!(down.last(), Some(&Mode::Normal));
+        assert!(!a.recording());
+        let episodes = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(episodes.lines().count(), 1, "one episode written");
+        // A reload that drops a class drops its detector.
+        step(1000, 2, 998);
+        t += 1000;
+        assert_eq!(a.tick_routes(t, &[("default", quiet(998))]), [Mode::Normal]);
+        let status: serde_json::Value = serde_json::from_str(&a.status_json()).unwrap();
+        assert!(status["routes"].get("search").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn difficulty_grows_with_the_flood_and_is_capped() {

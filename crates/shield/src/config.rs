@@ -270,6 +270,13 @@ pub struct RawAttack {
     pub half_life: Option<Dur>,
     /// Under attack, every rate limit is divided by this factor (1 = unchanged).
     pub tighten_limits: Option<f64>,
+    /// A network (IPv4 /16, IPv6 /32) is familiar under attack when it carried at least this
+    /// many of the requests counted before it.
+    pub familiar_min_requests: Option<u64>,
+    /// … and at least this share of them.
+    pub familiar_min_share: Option<f64>,
+    /// Half-life of those counts.
+    pub familiar_half_life: Option<Dur>,
 }
 
 /// Attack mode settings, checked.
@@ -281,6 +288,12 @@ pub struct Attack {
     pub detect: qalqan_detect::DetectConfig,
     /// Rate-limit divisor under attack (≥ 1).
     pub tighten_limits: f64,
+    /// Requests a familiar network carried at least.
+    pub familiar_min_requests: u64,
+    /// Share of all counted requests a familiar network carried at least.
+    pub familiar_min_share: f64,
+    /// Half-life of the per-network counts.
+    pub familiar_half_life: Duration,
 }
 
 /// `[server]`
@@ -452,6 +465,31 @@ pub struct RawRoute {
     pub attack_origin_budget: Option<u32>,
     /// The window of `attack_origin_budget`.
     pub attack_origin_budget_window: Option<Dur>,
+    /// Under attack, on a route that challenges: uncached requests per second that cleared
+    /// clients from networks not seen before the attack may send to the origin together
+    /// (0 = no pace); `"auto"` (default): the route's learned normal origin rate, at least 1.
+    pub attack_newcomer_rate: Option<RawRate>,
+}
+
+/// A rate that may also be the word `"auto"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawRate {
+    /// A number of requests per second.
+    Float(f64),
+    /// The same, written without a decimal point.
+    Int(i64),
+    /// `"auto"`.
+    Word(String),
+}
+
+/// The newcomers' pace of a route, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NewcomerRate {
+    /// The route's normal origin rate (learned while the mode is normal), at least one a second.
+    Auto,
+    /// Fixed requests per second; 0 = no pace.
+    Fixed(f64),
 }
 
 /// When a route class challenges clients that hold no clearance.
@@ -652,6 +690,8 @@ pub struct Route {
     pub attack_origin_budget: u32,
     /// Window of the budget.
     pub attack_origin_budget_window: Duration,
+    /// Newcomers' shared pace to the origin under attack.
+    pub attack_newcomer_rate: NewcomerRate,
 }
 
 /// The checked configuration.
@@ -1025,6 +1065,22 @@ impl RawConfig {
                     "must be between 1s and 1h".into(),
                 );
             }
+            let attack_newcomer_rate = match &r.attack_newcomer_rate {
+                None => NewcomerRate::Auto,
+                Some(RawRate::Word(w)) if w == "auto" => NewcomerRate::Auto,
+                Some(RawRate::Float(x)) if (0.0..=100_000.0).contains(x) => NewcomerRate::Fixed(*x),
+                Some(RawRate::Int(x)) if (0..=100_000).contains(x) => {
+                    NewcomerRate::Fixed(*x as f64)
+                }
+                Some(_) => {
+                    bad(
+                        format!("{path}.attack_newcomer_rate"),
+                        "must be \"auto\" or between 0 (no pace) and 100000 requests per second"
+                            .into(),
+                    );
+                    NewcomerRate::Auto
+                }
+            };
             if r.adaptive_concurrency == Some(true) && r.max_in_flight.unwrap_or(0) == 0 {
                 bad(
                     format!("{path}.adaptive_concurrency"),
@@ -1056,6 +1112,7 @@ impl RawConfig {
                 adaptive_concurrency: r.adaptive_concurrency.unwrap_or(true),
                 attack_origin_budget,
                 attack_origin_budget_window: budget_window,
+                attack_newcomer_rate,
             });
         }
         if !names.contains("default") {
@@ -1080,6 +1137,7 @@ impl RawConfig {
                 adaptive_concurrency: true,
                 attack_origin_budget: 10,
                 attack_origin_budget_window: Duration::from_secs(60),
+                attack_newcomer_rate: NewcomerRate::Auto,
             });
         }
 
@@ -1115,8 +1173,36 @@ impl RawConfig {
                 "must be between 1 (unchanged) and 100".into(),
             );
         }
+        let familiar_min_requests = a.familiar_min_requests.unwrap_or(20);
+        if !(1..=1_000_000_000).contains(&familiar_min_requests) {
+            bad(
+                "attack.familiar_min_requests".into(),
+                "must be between 1 and 1000000000".into(),
+            );
+        }
+        let familiar_min_share = a.familiar_min_share.unwrap_or(0.001);
+        if !(0.0..=1.0).contains(&familiar_min_share) {
+            bad(
+                "attack.familiar_min_share".into(),
+                "must be a share between 0 and 1 (0.001 = 0.1 %)".into(),
+            );
+        }
+        let familiar_half_life = a
+            .familiar_half_life
+            .map_or(Duration::from_secs(86_400), |d| d.0);
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400))
+            .contains(&familiar_half_life)
+        {
+            bad(
+                "attack.familiar_half_life".into(),
+                "must be between 1m and 30d".into(),
+            );
+        }
         let attack = Attack {
             tighten_limits,
+            familiar_min_requests,
+            familiar_min_share,
+            familiar_half_life,
             episodes_path: match a.episodes_path.as_deref() {
                 None => Some(PathBuf::from("qalqan-episodes.jsonl")),
                 Some("") => None,
@@ -1342,8 +1428,9 @@ pub fn random_bytes() -> [u8; 32] {
 }
 
 /// Keys whose values are durations and sizes, wherever they appear.
-const DURATION_KEYS: [&str; 20] = [
+const DURATION_KEYS: [&str; 21] = [
     "attack_origin_budget_window",
+    "familiar_half_life",
     "send_while_open",
     "clearance_ttl",
     "nojs_delay",

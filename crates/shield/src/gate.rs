@@ -165,6 +165,11 @@ impl Gate {
         self.limit_now.load(Relaxed)
     }
 
+    /// Requests at the origin now.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().map_or(0, |st| st.in_flight)
+    }
+
     /// Requests waiting in the queue now.
     pub fn waiting(&self) -> usize {
         self.state.lock().map_or(0, |st| st.waiters.len())
@@ -205,7 +210,10 @@ impl Gate {
     /// Waits for a slot at the origin. With `attack` given (a request that would need a
     /// challenge under attack), a change of mode to `under_attack` while waiting ends the wait
     /// with [`Entry::Challenge`].
-    pub async fn enter(self: &Arc<Self>, attack: Option<&crate::attack::Attack>) -> Entry {
+    pub async fn enter(
+        self: &Arc<Self>,
+        attack: Option<(&crate::attack::Attack, &std::sync::atomic::AtomicU8)>,
+    ) -> Entry {
         let (id, rx) = {
             let Ok(mut st) = self.state.lock() else {
                 // A poisoned lock is a bug elsewhere; the reader route fails open.
@@ -243,17 +251,22 @@ impl Gate {
             id,
             rx: Some(rx),
         };
-        let began = attack.map(|a| (a, a.began().notified()));
+        // Woken whenever the site or any route class turns `under_attack`; ends the wait only
+        // when the site or this request's route class is under attack.
         let mode_change = async move {
-            match began {
-                Some((a, n)) => {
-                    let mut n = std::pin::pin!(n);
-                    n.as_mut().enable();
-                    if a.mode() != qalqan_detect::Mode::UnderAttack {
-                        n.await;
-                    }
+            let Some((a, route_mode)) = attack else {
+                return std::future::pending::<()>().await;
+            };
+            loop {
+                let n = a.began().notified();
+                let mut n = std::pin::pin!(n);
+                n.as_mut().enable();
+                if a.mode() == qalqan_detect::Mode::UnderAttack
+                    || crate::attack::load_mode(route_mode) == qalqan_detect::Mode::UnderAttack
+                {
+                    return;
                 }
-                None => std::future::pending::<()>().await,
+                n.await;
             }
         };
         let outcome = match guard.rx.as_mut() {

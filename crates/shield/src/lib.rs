@@ -11,6 +11,7 @@ pub mod attack;
 pub mod body;
 pub mod challenge;
 pub mod config;
+pub mod familiar;
 pub mod gate;
 pub mod goodbots;
 pub mod limiter;

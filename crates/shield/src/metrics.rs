@@ -109,6 +109,8 @@ pub struct Metrics {
     pub challenges_failed: AtomicU64,
     /// Requests let through on a clearance where a challenge was wanted.
     pub cleared_requests: AtomicU64,
+    /// Under attack, newcomers' origin-bound requests over the route's shared pace.
+    pub newcomers_paced: AtomicU64,
 }
 
 impl Metrics {
@@ -314,6 +316,12 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        counter(
+            &mut o,
+            "qalqan_shield_newcomer_paced_total",
+            "Under attack, uncached requests of cleared clients from unfamiliar networks refused over the route's attack_newcomer_rate.",
+            self.newcomers_paced.load(Relaxed),
+        );
         counter(
             &mut o,
             "qalqan_shield_untrusted_forwarded_total",

@@ -129,7 +129,7 @@ pub async fn handle(
     let log_head = shared.log.ticket().map(|sec| (sec, LogHead::of(&req)));
 
     // During an attack, what the episode needs is copied before the request is consumed.
-    let episode_head = (shared.attack.mode() != qalqan_detect::Mode::Normal).then(|| {
+    let episode_head = shared.attack.recording().then(|| {
         (
             req.method().clone(),
             req.uri().clone(),
@@ -307,7 +307,7 @@ fn protect(
     }
     let cfg = &route.cfg;
     // Under attack every limit is tightened by the configured factor.
-    let tighten = if shared.attack.mode() == qalqan_detect::Mode::UnderAttack {
+    let tighten = if route.mode(shared.attack.mode()) == qalqan_detect::Mode::UnderAttack {
         rt.config.attack.tighten_limits
     } else {
         1.0
@@ -374,7 +374,7 @@ async fn serve(
     req: Request<Incoming>,
 ) -> (Response<Body>, Decision) {
     // A clearance matters only where challenges can be asked for, and is checked only then.
-    let mode = shared.attack.mode();
+    let mode = route.mode(shared.attack.mode());
     let wants_challenge = crate::challenge::wanted(route.cfg.challenge, mode);
     let clearance = if wants_challenge || mode == qalqan_detect::Mode::UnderAttack {
         let bind = crate::challenge::binding(client, req.headers());
@@ -400,7 +400,13 @@ async fn serve(
     }));
     let mut verified_bot = false;
     match verdict {
-        Ok((Verdict::Go, verified)) => verified_bot = verified,
+        Ok((Verdict::Go, verified)) => {
+            verified_bot = verified;
+            // The site's normal audience, by network; an attack never teaches itself.
+            if mode == qalqan_detect::Mode::Normal && !verified {
+                shared.familiar.learn(client);
+            }
+        }
         Ok((Verdict::Refuse(r, d), _)) => return (r, d),
         Err(_) => {
             // A bug that trips on every request must not become a log flood.
@@ -467,11 +473,26 @@ async fn serve(
         });
     }
     // Under attack, a cleared client's uncached requests on a route that challenges spend its
-    // origin budget (see `spend_budget`).
+    // origin budget, and a newcomer's also the route's shared pace (see `spend_budget`).
     let budget_key = clearance
         .as_ref()
-        .filter(|_| mode == qalqan_detect::Mode::UnderAttack && route.origin_budget.is_some())
-        .map(|c| shared.hasher.hash_bytes(&c.id, tag::CLEARANCE));
+        .filter(|_| {
+            mode == qalqan_detect::Mode::UnderAttack
+                && (route.origin_budget.is_some() || route.newcomers.is_some())
+        })
+        .map(|c| {
+            let a = &rt.config.attack;
+            Budget {
+                key: shared.hasher.hash_bytes(&c.id, tag::CLEARANCE),
+                newcomer: route.newcomers.is_some()
+                    && shared.familiar.ready()
+                    && !shared.familiar.is_familiar(
+                        client,
+                        a.familiar_min_requests,
+                        a.familiar_min_share,
+                    ),
+            }
+        });
 
     // Oversized bodies are refused before anything reaches the origin.
     if content_length(req.headers()).is_some_and(|len| len > rt.config.client.max_body_bytes) {
@@ -486,7 +507,7 @@ async fn serve(
     }
 
     let Some(key) = cache_key_of(route, &req, conn.tls) else {
-        if let Some(r) = spend_budget(route, budget_key, None, &req) {
+        if let Some(r) = spend_budget(&shared.metrics, route, budget_key, None, &req) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, None).await;
@@ -500,7 +521,13 @@ async fn serve(
         .blocked_until(key_hash, qalqan_limits::now_ms())
         .is_some()
     {
-        if let Some(r) = spend_budget(route, budget_key, shared.store.get(&key).as_ref(), &req) {
+        if let Some(r) = spend_budget(
+            &shared.metrics,
+            route,
+            budget_key,
+            shared.store.get(&key).as_ref(),
+            &req,
+        ) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, None).await;
@@ -511,13 +538,13 @@ async fn serve(
     let cached = shared.store.get(&key);
     // Under attack a Cookie no longer opens a way around the cache (a flood would simply add
     // one); Authorization still does.
-    let credentials = if shared.attack.mode() == qalqan_detect::Mode::UnderAttack {
+    let credentials = if mode == qalqan_detect::Mode::UnderAttack {
         req.headers().contains_key(header::AUTHORIZATION)
     } else {
         has_credentials(req.headers())
     };
     if credentials || *req.method() == Method::HEAD && cached.is_none() {
-        if let Some(r) = spend_budget(route, budget_key, cached.as_ref(), &req) {
+        if let Some(r) = spend_budget(&shared.metrics, route, budget_key, cached.as_ref(), &req) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, cached).await;
@@ -537,9 +564,7 @@ async fn serve(
             }
             // Under attack, any copy still inside its stale-if-error window is served to
             // everyone while one refresh runs: the origin sees one request per key, not the flood.
-            EntryState::StaleIfError
-                if shared.attack.mode() == qalqan_detect::Mode::UnderAttack =>
-            {
+            EntryState::StaleIfError if mode == qalqan_detect::Mode::UnderAttack => {
                 let target = req.uri().clone();
                 revalidate_in_background(shared, rt, conn, route, client, &req, target, key);
                 let r = from_cache(entry, req.method(), req.headers(), CacheStatus::Stale, now);
@@ -549,7 +574,7 @@ async fn serve(
         }
     }
     if *req.method() == Method::HEAD {
-        if let Some(r) = spend_budget(route, budget_key, cached.as_ref(), &req) {
+        if let Some(r) = spend_budget(&shared.metrics, route, budget_key, cached.as_ref(), &req) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, cached).await;
@@ -589,7 +614,7 @@ async fn serve(
     };
 
     // Every way on from here reaches the origin.
-    if let Some(r) = spend_budget(route, budget_key, cached.as_ref(), &req) {
+    if let Some(r) = spend_budget(&shared.metrics, route, budget_key, cached.as_ref(), &req) {
         return r;
     }
     let Some(index) = rt.routes.iter().position(|r| std::ptr::eq(r, route)) else {
@@ -680,38 +705,63 @@ fn challenge_answer(
 ///
 /// Why a budget per clearance: a farm of headless browsers solves the proof of work and keeps
 /// the cookie, and spread over thousands of addresses no per-address or per-prefix limit sees
-/// it; what it cannot spread is the clearances it paid for.
+/// it; what it cannot spread is the clearances it paid for. It can buy more of them, though, so
+/// a newcomer (a cleared client from a network that was not part of the site's audience before
+/// the attack, see `crate::familiar`) must also find a place in the route's shared pace.
 fn spend_budget<B>(
+    metrics: &crate::metrics::Metrics,
     route: &RouteState,
-    key: Option<u64>,
+    budget: Option<Budget>,
     cached: Option<&Arc<CachedResponse>>,
     req: &Request<B>,
 ) -> Option<(Response<Body>, Decision)> {
-    let (Some(key), Some(sketch)) = (key, route.origin_budget.as_ref()) else {
-        return None;
-    };
+    let b = budget?;
     let now = qalqan_limits::now_ms();
-    let window = sketch.window_ms();
-    let pressed = route
-        .gate
-        .as_ref()
-        .is_some_and(|g| g.pressed_since(now.saturating_sub(window)));
-    let budget = if pressed {
-        1.0
-    } else {
-        f64::from(route.cfg.attack_origin_budget)
+    let refuse = |retry: u64| {
+        if let Some(r) = stale_answer(cached, req.method(), req.headers()) {
+            return Some((r, Decision::Stale));
+        }
+        Some((crate::pages::origin_budget(retry), Decision::Limited))
     };
-    // Only what goes on to the origin is counted: a reader who waits and tries again is not
-    // kept out by the refusals themselves.
-    if sketch.estimate(key, now) + 1.0 <= budget {
-        sketch.observe(key, now);
-        return None;
+    if let Some(sketch) = route.origin_budget.as_ref() {
+        let window = sketch.window_ms();
+        let pressed = route
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.pressed_since(now.saturating_sub(window)));
+        let allowed = if pressed {
+            1.0
+        } else {
+            f64::from(route.cfg.attack_origin_budget)
+        };
+        // Only what goes on to the origin is counted: a reader who waits and tries again is
+        // not kept out by the refusals themselves.
+        if sketch.estimate(b.key, now) + 1.0 > allowed {
+            return refuse(window.div_ceil(1000).max(1));
+        }
     }
-    if let Some(r) = stale_answer(cached, req.method(), req.headers()) {
-        return Some((r, Decision::Stale));
+    if b.newcomer
+        && let Some(pace) = route.newcomers.as_ref()
+    {
+        let now_us = now.saturating_mul(1000);
+        if !pace.try_take(now_us) {
+            metrics.newcomers_paced.fetch_add(1, Relaxed);
+            return refuse(pace.retry_after(now_us));
+        }
     }
-    let retry = window.div_ceil(1000).max(1);
-    Some((crate::pages::origin_budget(retry), Decision::Limited))
+    if let Some(sketch) = route.origin_budget.as_ref() {
+        sketch.observe(b.key, now);
+    }
+    None
+}
+
+/// A cleared client's place in the origin budgets under attack.
+#[derive(Clone, Copy)]
+struct Budget {
+    /// Its clearance's id, hashed.
+    key: u64,
+    /// From a network that was not familiar before the attack.
+    newcomer: bool,
 }
 
 /// The normalised cache key, or `None` when this request is not cacheable at all.
@@ -1393,7 +1443,9 @@ async fn call_origin(
     let claim = parts.extensions.get::<Claim>().copied();
     let permit = match &route.gate {
         Some(g) => {
-            let attack = claim.filter(|c| c.challengeable).map(|_| &shared.attack);
+            let attack = claim
+                .filter(|c| c.challengeable)
+                .map(|_| (&shared.attack, &route.mode));
             match g.enter(attack).await {
                 crate::gate::Entry::Go(p) => Some(p),
                 crate::gate::Entry::Challenge => return Err(OriginFail::Challenge),
@@ -1408,6 +1460,7 @@ async fn call_origin(
         None => None,
     };
     let req = Request::from_parts(parts, body);
+    route.origin_requests.fetch_add(1, Relaxed);
     let m = &shared.metrics;
     m.origin_in_flight.fetch_add(1, Relaxed);
     let t0 = Instant::now();

@@ -182,6 +182,9 @@ async fn attack_ticker(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_total = shared.metrics.total_requests();
     let mut last_hist = shared.metrics.origin_histogram();
+    // Seconds spent in normal mode since the familiar-network counts were last halved: their
+    // clock stops during an attack, so a long one does not erase what readers taught.
+    let mut normal_secs = 0u64;
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -198,7 +201,47 @@ async fn attack_ticker(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             origin_in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
             origin_capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
         };
-        shared.attack.tick(unix_ms(), sample);
+        let now = unix_ms();
+        shared.attack.tick(now, sample);
+        // Each route class against its own baseline: a flood on search alone is seen even when
+        // it is small beside the whole site's traffic.
+        let samples: Vec<(&str, qalqan_detect::Sample)> = rt
+            .routes
+            .iter()
+            .map(|r| {
+                let n = r.requests.load(Relaxed);
+                let requests = n.saturating_sub(r.requests_seen.swap(n, Relaxed));
+                let (in_flight, capacity) = r
+                    .gate
+                    .as_ref()
+                    .map_or((0, 0), |g| (g.in_flight(), g.limit()));
+                (
+                    r.cfg.name.as_str(),
+                    qalqan_detect::Sample {
+                        requests,
+                        // Origin latency is the site's signal; a class has its gate's load.
+                        origin_p95_ms: 0.0,
+                        origin_in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
+                        origin_capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+                    },
+                )
+            })
+            .collect();
+        let modes = shared.attack.tick_routes(now, &samples);
+        for (r, m) in rt.routes.iter().zip(modes) {
+            crate::attack::store_mode(&r.mode, m);
+        }
+        let normal = shared.attack.mode() == qalqan_detect::Mode::Normal;
+        // The routes' normal origin rates learn with the detector's baseline half-life.
+        let half_life = f64::from(rt.config.attack.detect.baseline_half_life_secs.max(1));
+        crate::state::learn_origin_rates(&rt, normal, 1.0 - 0.5f64.powf(1.0 / half_life));
+        if normal {
+            normal_secs += 1;
+            if normal_secs >= rt.config.attack.familiar_half_life.as_secs() {
+                shared.familiar.decay();
+                normal_secs = 0;
+            }
+        }
         last_total = total;
         last_hist = hist;
     }

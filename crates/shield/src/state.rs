@@ -97,12 +97,38 @@ pub struct RouteState {
     /// Uncached origin-bound requests per clearance under attack (routes that challenge, with
     /// `attack_origin_budget > 0`).
     pub origin_budget: Option<RateSketch>,
+    /// Under attack, the pace shared by cleared clients from unfamiliar networks (routes that
+    /// challenge, unless `attack_newcomer_rate = 0`).
+    pub newcomers: Option<crate::familiar::Pace>,
+    /// Requests of this class sent to the origin (every way: pass, fill, revalidation).
+    pub origin_requests: AtomicU64,
+    /// `origin_requests` at the attack ticker's last look.
+    pub origin_seen: AtomicU64,
+    /// Origin requests per second of this class while the mode was normal (EWMA, f64 bits).
+    pub normal_origin_rps: AtomicU64,
     /// How often each cache key was asked for (only when `cache_min_uses > 1`).
     pub admission: Option<RateSketch>,
     /// Cache-key rules for this class.
     pub key_rules: KeyRules,
     /// Requests classified here.
     pub requests: AtomicU64,
+    /// `requests` at the attack ticker's last look.
+    pub requests_seen: AtomicU64,
+    /// This class's own attack mode (its detector in `Attack`, set by the ticker); a request
+    /// of the class is handled in the higher of this and the site's mode.
+    pub mode: std::sync::atomic::AtomicU8,
+}
+
+impl RouteState {
+    /// The mode this class's requests are handled in: the higher of the site's and its own.
+    pub fn mode(&self, site: qalqan_detect::Mode) -> qalqan_detect::Mode {
+        use qalqan_detect::Mode;
+        match (site, crate::attack::load_mode(&self.mode)) {
+            (Mode::UnderAttack, _) | (_, Mode::UnderAttack) => Mode::UnderAttack,
+            (Mode::Elevated, _) | (_, Mode::Elevated) => Mode::Elevated,
+            _ => Mode::Normal,
+        }
+    }
 }
 
 /// Everything a reload replaces at once.
@@ -137,6 +163,12 @@ impl Runtime {
                         let window = u64::try_from(window).unwrap_or(u64::MAX).max(1000);
                         RateSketch::new(window, SKETCH_ROWS, SKETCH_COLS / 4)
                     });
+                let newcomers = (r.challenge != crate::config::ChallengePolicy::Never)
+                    .then(|| match r.attack_newcomer_rate {
+                        crate::config::NewcomerRate::Auto => crate::familiar::Pace::new(1.0),
+                        crate::config::NewcomerRate::Fixed(x) => crate::familiar::Pace::new(x),
+                    })
+                    .flatten();
                 let admission = (r.cache_min_uses > 1)
                     .then(|| RateSketch::new(60_000, SKETCH_ROWS, SKETCH_COLS / 4));
                 RouteState {
@@ -145,12 +177,18 @@ impl Runtime {
                     by_prefix: RateSketch::new(1000, SKETCH_ROWS, SKETCH_COLS / 4),
                     gate,
                     origin_budget,
+                    newcomers,
+                    origin_requests: AtomicU64::new(0),
+                    origin_seen: AtomicU64::new(0),
+                    normal_origin_rps: AtomicU64::new(0f64.to_bits()),
                     admission,
                     key_rules: KeyRules {
                         drop_params: config.cache.drop_params.clone(),
                         fold_query_case: r.fold_query_case,
                     },
                     requests: AtomicU64::new(0),
+                    requests_seen: AtomicU64::new(0),
+                    mode: std::sync::atomic::AtomicU8::new(0),
                 }
             })
             .collect();
@@ -197,6 +235,26 @@ impl Runtime {
             })
             .sum::<usize>()
             + self.goodbots.memory_bytes()
+    }
+}
+
+/// Once a second from the attack ticker: each route's origin rate joins its normal-mode average
+/// (weight `alpha`), and an `"auto"` newcomer pace follows that average (at least 1 a second).
+pub fn learn_origin_rates(rt: &Runtime, normal: bool, alpha: f64) {
+    for r in &rt.routes {
+        let now = r.origin_requests.load(Relaxed);
+        let delta = now.saturating_sub(r.origin_seen.swap(now, Relaxed)) as f64;
+        if !normal {
+            continue;
+        }
+        let old = f64::from_bits(r.normal_origin_rps.load(Relaxed));
+        let avg = old + alpha * (delta - old);
+        r.normal_origin_rps.store(avg.to_bits(), Relaxed);
+        if r.cfg.attack_newcomer_rate == crate::config::NewcomerRate::Auto
+            && let Some(p) = &r.newcomers
+        {
+            p.set_rate(avg.max(1.0));
+        }
     }
 }
 
@@ -385,6 +443,8 @@ pub struct Shared {
     /// Forward-confirmed reverse DNS of claimed good bots (used when `goodbots.fcrdns` is on):
     /// process-wide so a reload keeps what was learned.
     pub fcrdns: crate::goodbots::fcrdns::Fcrdns,
+    /// Requests per network while the mode is normal (process-wide: a reload keeps them).
+    pub familiar: crate::familiar::Familiar,
 }
 
 impl Shared {
@@ -427,6 +487,7 @@ impl Shared {
                 crate::goodbots::fcrdns::SystemResolver,
             )),
             attack,
+            familiar: crate::familiar::Familiar::new(),
         })
     }
 
@@ -445,12 +506,47 @@ impl Shared {
             tracked_bytes: (rt.tracked_bytes()
                 + self.blocks.memory_bytes()
                 + self.pass_marks.memory_bytes()
-                + self.offenders.memory_bytes()) as u64,
+                + self.offenders.memory_bytes()
+                + self.familiar.memory_bytes()) as u64,
             blocked: self.blocks.len(now) as u64,
             log_dropped: self.log.dropped(),
             mode: self.attack.mode().as_str(),
         };
         let mut text = self.metrics.render(&extra);
+        let a = &rt.config.attack;
+        {
+            use std::fmt::Write as _;
+            text.push_str("# HELP qalqan_shield_route_mode Each route class's own attack mode: 0 normal, 1 elevated, 2 under_attack (its requests are handled in the higher of this and qalqan_shield_mode).\n# TYPE qalqan_shield_route_mode gauge\n");
+            for r in &rt.routes {
+                let m = match crate::attack::load_mode(&r.mode) {
+                    qalqan_detect::Mode::Normal => 0,
+                    qalqan_detect::Mode::Elevated => 1,
+                    qalqan_detect::Mode::UnderAttack => 2,
+                };
+                let _ = writeln!(
+                    text,
+                    "qalqan_shield_route_mode{{route=\"{}\"}} {m}",
+                    r.cfg.name
+                );
+            }
+            text.push_str("# HELP qalqan_shield_newcomer_rate Under attack, uncached requests per second all cleared clients from unfamiliar networks may send to the origin on this route.\n# TYPE qalqan_shield_newcomer_rate gauge\n");
+            for r in &rt.routes {
+                if let Some(p) = &r.newcomers {
+                    let _ = writeln!(
+                        text,
+                        "qalqan_shield_newcomer_rate{{route=\"{}\"}} {:.3}",
+                        r.cfg.name,
+                        p.rate()
+                    );
+                }
+            }
+            let _ = writeln!(
+                text,
+                "# HELP qalqan_shield_familiar_networks Networks (IPv4 /16, IPv6 /32) familiar from normal traffic.\n# TYPE qalqan_shield_familiar_networks gauge\nqalqan_shield_familiar_networks {}",
+                self.familiar
+                    .count(a.familiar_min_requests, a.familiar_min_share)
+            );
+        }
         render_origin_limits(&rt, &mut text);
         rt.goodbots.render(&mut text);
         self.fcrdns.render(&mut text);
@@ -496,6 +592,76 @@ fn render_origin_limits(rt: &Runtime, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runtime(extra: &str) -> Runtime {
+        let text = format!(
+            "[origin]\nurl = \"http://127.0.0.1:9\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n{extra}"
+        );
+        Runtime::new(crate::config::RawConfig::from_toml(&text).expect("valid"))
+    }
+
+    #[test]
+    fn an_auto_newcomer_pace_follows_the_routes_normal_origin_rate() {
+        let rt = runtime(
+            "[[route]]\nname = \"search\"\npath_prefix = [\"/search\"]\nchallenge = \"attack\"\n\
+             [[route]]\nname = \"fixed\"\npath_prefix = [\"/f\"]\nchallenge = \"attack\"\nattack_newcomer_rate = 3\n\
+             [[route]]\nname = \"off\"\npath_prefix = [\"/o\"]\nchallenge = \"attack\"\nattack_newcomer_rate = 0\n",
+        );
+        let search = &rt.routes[0];
+        // Rates to 0.1 %: the pace keeps whole microseconds between requests.
+        let pace = |r: &RouteState| {
+            r.newcomers
+                .as_ref()
+                .map(|p| (p.rate() * 1000.0).round() / 1000.0)
+        };
+        assert_eq!(
+            pace(search),
+            Some(1.0),
+            "before anything is learned: the floor"
+        );
+        assert_eq!(pace(&rt.routes[1]), Some(3.0));
+        assert_eq!(pace(&rt.routes[2]), None, "0 turns it off");
+        assert_eq!(rt.routes[3].cfg.name, "default");
+        assert_eq!(
+            pace(&rt.routes[3]),
+            None,
+            "a route that never challenges has none"
+        );
+        // Forty seconds of 12 origin requests a second in normal mode.
+        for _ in 0..40 {
+            search.origin_requests.fetch_add(12, Relaxed);
+            learn_origin_rates(&rt, true, 0.5);
+        }
+        let p = pace(search).unwrap();
+        assert!((p - 12.0).abs() < 0.01, "{p}");
+        assert_eq!(pace(&rt.routes[1]), Some(3.0), "a fixed pace stays");
+        // An attack's origin traffic is not learned.
+        for _ in 0..40 {
+            search.origin_requests.fetch_add(5_000, Relaxed);
+            learn_origin_rates(&rt, false, 0.5);
+        }
+        assert!((pace(search).unwrap() - 12.0).abs() < 0.01);
+        // A quiet site keeps the floor of one a second.
+        for _ in 0..80 {
+            learn_origin_rates(&rt, true, 0.5);
+        }
+        assert_eq!(pace(search), Some(1.0));
+    }
+
+    #[test]
+    fn a_bad_newcomer_rate_is_reported_with_its_key() {
+        for bad in ["-1", "\"fast\"", "1e9"] {
+            let text = format!(
+                "[origin]\nurl = \"http://127.0.0.1:9\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n\
+                 [[route]]\nname = \"search\"\nchallenge = \"attack\"\nattack_newcomer_rate = {bad}\n"
+            );
+            let err = crate::config::RawConfig::from_toml(&text).expect_err(bad);
+            assert!(
+                err.to_string().contains("route[0].attack_newcomer_rate"),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn log_budget_lets_one_line_through_per_interval_and_counts_the_rest() {

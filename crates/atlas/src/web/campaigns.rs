@@ -1,11 +1,12 @@
 //! Dashboard page of campaigns across outlets (`/campaigns`): proposals and decisions, each
 //! with its score, members and shared evidence, as the reader may see them (the store decides,
-//! [`crate::campaigns`]); editors of a member outlet confirm or reject with a CSRF-checked form.
+//! [`crate::campaigns`]); editors of a member outlet confirm or reject with a CSRF-checked form,
+//! and on a campaign's own page (`/campaigns/{id}`) rename it and describe it.
 //! A child of `web`, so it shares the frame, the session and the CSRF check.
 
 use super::*;
 
-use crate::campaigns::{Campaign, Params};
+use crate::campaigns::{Campaign, CampaignEdit, MAX_DESCRIPTION, MAX_NAME, Params};
 
 /// The words of this page: (key, Russian, Kazakh, English). Chained into the i18n table.
 pub const MESSAGES: &[(&str, &str, &str, &str)] = &[
@@ -106,6 +107,38 @@ pub const MESSAGES: &[(&str, &str, &str, &str)] = &[
         "E-mail addresses",
     ),
     (
+        "campaigns.open",
+        "Страница кампании",
+        "Науқан беті",
+        "Campaign page",
+    ),
+    (
+        "campaigns.back",
+        "Все кампании",
+        "Барлық науқандар",
+        "All campaigns",
+    ),
+    (
+        "campaigns.edit",
+        "Название и описание",
+        "Атауы мен сипаттамасы",
+        "Name and description",
+    ),
+    (
+        "campaigns.edit_hint",
+        "Название до 200 знаков, описание до 4000. Их видят все, кто видит кампанию, и они попадают в выгрузку STIX и TAXII: не пишите того, чего нельзя знать читателям с меньшими правами.",
+        "Атауы 200 таңбаға дейін, сипаттамасы 4000 таңбаға дейін. Оларды науқанды көретіндердің бәрі көреді және олар STIX пен TAXII экспортына түседі: құқығы аз оқырмандар білмеуге тиіс нәрсені жазбаңыз.",
+        "Name up to 200 characters, description up to 4000. Everyone who sees the campaign sees them, and they go into the STIX and TAXII export: do not write what readers with fewer rights may not know.",
+    ),
+    ("campaigns.name", "Название", "Атауы", "Name"),
+    (
+        "campaigns.description",
+        "Описание",
+        "Сипаттамасы",
+        "Description",
+    ),
+    ("campaigns.save", "Сохранить", "Сақтау", "Save"),
+    (
         "campaigns.ev_file_sha256",
         "Файлы (SHA-256)",
         "Файлдар (SHA-256)",
@@ -129,6 +162,9 @@ pub struct EvidenceRow {
 pub struct CampaignRow {
     pub id: String,
     pub name: String,
+    pub description: String,
+    /// Editors of a member outlet may rename it (not once rejected).
+    pub can_edit: bool,
     pub status: &'static str,
     pub score: String,
     pub first: String,
@@ -191,9 +227,11 @@ fn row(l: Lang, can_write: bool, c: Campaign) -> CampaignRow {
             _ => String::new(),
         },
         can_decide: can_write && c.own_member,
+        can_edit: can_write && c.own_member && c.status != "rejected",
         status: t(l, status),
         id: c.id,
         name: c.name,
+        description: c.description,
     }
 }
 
@@ -245,6 +283,54 @@ pub(super) async fn list(
         items: items.into_iter().map(|c| row(l, can_write, c)).collect(),
     };
     render(StatusCode::OK, &page)
+}
+
+#[derive(Template)]
+#[template(path = "campaign.html")]
+struct CampaignPage {
+    p: Frame,
+    c: CampaignRow,
+    max_name: usize,
+    max_description: usize,
+}
+
+/// `GET /campaigns/{id}`: one campaign as the reader sees it; for editors of a member outlet,
+/// the form that names and describes it. A campaign the reader may not see is "not found".
+pub(super) async fn show(
+    State(a): State<Arc<Atlas>>,
+    Path(id): Path<String>,
+    auth: Auth,
+) -> Response {
+    let l = auth.ctx.lang;
+    let c = match a.db.campaign(&auth.actor, &id).await {
+        Ok(c) => c,
+        Err(e) => return fail(&auth.ctx, Some(&auth), e),
+    };
+    let c = row(l, auth.actor.role.can_write(), c);
+    let page = CampaignPage {
+        p: Frame::new(&auth.ctx, Some(&auth), c.name.clone()),
+        c,
+        max_name: MAX_NAME,
+        max_description: MAX_DESCRIPTION,
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// `POST /campaigns/{id}/edit` (fields `name`, `description`): renames and describes it.
+pub(super) async fn edit(
+    State(a): State<Arc<Atlas>>,
+    Path(id): Path<String>,
+    f: AuthForm,
+) -> Response {
+    let AuthForm { auth, form } = f;
+    let e = CampaignEdit {
+        name: Some(form.get("name").to_string()),
+        description: Some(form.get("description").to_string()),
+    };
+    match a.db.edit_campaign(&auth.actor, &id, &e).await {
+        Ok(c) => see_other(&format!("/campaigns/{}", c.id)),
+        Err(e) => fail(&auth.ctx, Some(&auth), e),
+    }
 }
 
 /// `POST /campaigns/{id}/decision` (field `status`: confirmed or rejected)

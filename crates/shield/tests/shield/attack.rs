@@ -154,18 +154,6 @@ async fn manual_override_through_the_admin_listener() {
     let _ = std::fs::remove_file(&dir);
 }
 
-async fn force_under_attack(admin: std::net::SocketAddr) {
-    let set = send(
-        admin,
-        Method::POST,
-        "/mode?set=under-attack&for=1h",
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(set.status, 200, "{}", set.text());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_attack_limits_are_tightened() {
     let origin = Origin::simple(Some("no-store")).await;
@@ -417,4 +405,67 @@ async fn no_javascript_readers_pass_by_waiting() {
     // The waiting token is single-use too.
     assert_eq!(get(addr, &link, &[UA]).await.status, 403);
     let _ = std::fs::remove_file(&dir);
+}
+
+/// A search flood too small to escalate the whole site puts the search class under attack on
+/// its own baseline: searches without clearance get the challenge, articles are served as
+/// before, and the site-wide mode stays normal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_route_class_is_detected_against_its_own_baseline() {
+    let origin = Origin::simple(Some("no-store")).await;
+    let dir = std::env::temp_dir().join(format!("qalqan-route-attack-{}", std::process::id()));
+    let extra = format!(
+        "[[route]]\nname = \"search\"\npath_prefix = [\"/search\"]\nrate_per_address = 100000\nrate_per_prefix = 0\nchallenge = \"attack\"\n\
+         [[route]]\nname = \"default\"\nrate_per_address = 100000\nrate_per_prefix = 0\n\
+         [attack]\nwarmup = \"4s\"\nenter_after = \"1s\"\ncooldown = \"60s\"\nfloor_rps = 1.0\nepisodes_path = \"{}\"\n",
+        dir.join("episodes.jsonl").display()
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let sh = shield_apart(&origin, &extra).await;
+    let (addr, admin) = (sh.listen[0], sh.admin.expect("admin listener"));
+    let mut reader = KeepAlive::open(lo(3), addr).await;
+    // Articles at about 150 a second for six seconds: the site's baseline, learned during the
+    // four-second warm-up and after.
+    let paced = |n: u32| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(n))).await;
+    };
+    for i in 0..900u32 {
+        assert_eq!(reader.get(&format!("/a{}", i % 50), &[]).await.status, 200);
+        if i % 15 == 0 {
+            paced(100).await;
+        }
+    }
+    // Then as many searches as articles, for up to eight seconds, until the class turns: twice
+    // the site's baseline (under its elevated factor of 4), a hundred times the search class's.
+    let mut flood = KeepAlive::open(lo(4), addr).await;
+    let mut turned = false;
+    for i in 0..1200u32 {
+        let _ = flood.get(&format!("/search?q=w{i}"), &[]).await;
+        assert_eq!(reader.get(&format!("/a{}", i % 50), &[]).await.status, 200);
+        if i % 15 == 0 {
+            paced(100).await;
+        }
+        if i % 30 == 0 {
+            let v: serde_json::Value =
+                serde_json::from_slice(&get(admin, "/mode", &[]).await.body).unwrap();
+            if v["routes"]["search"]["mode"] == "under_attack" {
+                assert_eq!(v["mode"], "normal", "the site as a whole stays calm: {v}");
+                turned = true;
+                break;
+            }
+        }
+    }
+    assert!(turned, "the search class never went under attack");
+    let s = get(addr, "/search?q=reader", &[]).await;
+    assert_eq!(s.header("x-qalqan-decision"), Some("challenge"));
+    let a = get(addr, "/a1", &[]).await;
+    assert_eq!(a.status, 200, "articles are not challenged");
+    assert_eq!(mode(admin).await, "normal");
+    let m = get(admin, "/metrics", &[]).await.text();
+    assert!(
+        m.contains("qalqan_shield_route_mode{route=\"search\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("qalqan_shield_route_mode{route=\"default\"} 0"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

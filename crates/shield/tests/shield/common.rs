@@ -675,3 +675,16 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Puts the shield under attack for an hour through its admin listener.
+pub async fn force_under_attack(admin: SocketAddr) {
+    let set = send(
+        admin,
+        http::Method::POST,
+        "/mode?set=under-attack&for=1h",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+}

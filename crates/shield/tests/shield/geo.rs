@@ -101,11 +101,11 @@ async fn episode_names_the_flood_s_countries_and_autonomous_systems() {
     assert_eq!(countries[1]["key"], "US", "{hits}");
     assert_eq!(countries.len(), 2, "{hits}");
     let kz = countries[0]["count"].as_u64().unwrap();
-    // Each task sends KZ, KZ, KZ, US in turn: about three quarters from Kazakhstan.
-    assert!(
-        kz * 4 >= total * 3 - 16 && kz * 4 <= total * 3 + 16,
-        "{kz} of {total}"
-    );
+    // Each task sends KZ, KZ, KZ, US in turn: about three quarters from Kazakhstan (each of
+    // the four tasks may stop up to three KZ requests into a round, and a request that failed
+    // is sent again from the same address, so within 1 %).
+    let share = kz as f64 / total as f64;
+    assert!((0.74..=0.76).contains(&share), "{kz} of {total}");
     let asns = hits["asns"].as_array().unwrap();
     assert_eq!(asns[0]["key"], 9198, "{hits}");
     assert_eq!(asns[0]["org"], "JSC Kazakhtelecom", "{hits}");

@@ -4,9 +4,6 @@
 //! files are never challenged at all. The client address comes from X-Forwarded-For set by a
 //! trusted proxy (the test client on loopback), as behind a CDN.
 
-use bytes::Bytes;
-use http::Method;
-
 use crate::common::*;
 
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
@@ -16,18 +13,6 @@ const READER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 F
 /// Loopback is the trusted proxy; attack detection stays out of the way (the mode is forced).
 const TRUSTED: &str =
     "[client]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[attack]\nepisodes_path = \"\"\n";
-
-async fn force_under_attack(admin: std::net::SocketAddr) {
-    let set = send(
-        admin,
-        Method::POST,
-        "/mode?set=under-attack&for=1h",
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(set.status, 200, "{}", set.text());
-}
 
 /// GET `path` as `ua` from client address `ip` (named in X-Forwarded-For by the trusted proxy).
 async fn get_as(addr: std::net::SocketAddr, path: &str, ua: &str, ip: &str) -> Got {

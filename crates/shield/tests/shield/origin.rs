@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -143,6 +143,11 @@ const UA_B: &str = "Mozilla/5.0 (reader B)";
 
 /// Solves the challenge page `page` for `ua` and returns the clearance cookie (`name=value`).
 async fn clearance(addr: SocketAddr, page: &Got, ua: &str) -> String {
+    clearance_as(addr, page, &[("user-agent", ua)]).await
+}
+
+/// [`clearance`] for a client named by `headers` (user agent, X-Forwarded-For).
+async fn clearance_as(addr: SocketAddr, page: &Got, headers: &[(&str, &str)]) -> String {
     let html = page.text();
     let attr = |name: &str| {
         let start = html.find(&format!("{name}=\"")).expect("attribute") + name.len() + 2;
@@ -155,7 +160,7 @@ async fn clearance(addr: SocketAddr, page: &Got, ua: &str) -> String {
     let ok = get(
         addr,
         &format!("/.qalqan/verify?t={token}&c={counter}&r=/"),
-        &[("user-agent", ua)],
+        headers,
     )
     .await;
     assert_eq!(ok.status, 303, "{}", ok.text());
@@ -165,18 +170,6 @@ async fn clearance(addr: SocketAddr, page: &Got, ua: &str) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-async fn force_under_attack(admin: SocketAddr) {
-    let set = send(
-        admin,
-        Method::POST,
-        "/mode?set=under-attack&for=1h",
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(set.status, 200, "{}", set.text());
 }
 
 async fn mode(admin: SocketAddr) -> String {
@@ -350,4 +343,150 @@ episodes_path = ""
     }
     statuses.sort();
     assert_eq!(statuses, [200, 403]);
+}
+
+/// A search route that challenges under attack, with a budget of five uncached searches per
+/// clearance and a newcomers' pace of one per ten seconds; clients named by X-Forwarded-For.
+const NEWCOMER_CONFIG: &str = r#"
+[client]
+trusted_proxies = ["127.0.0.0/8"]
+[[route]]
+name = "search"
+path_prefix = ["/search"]
+rate_per_address = 1000
+rate_per_prefix = 10000
+challenge = "attack"
+attack_origin_budget = 5
+attack_origin_budget_window = "10m"
+attack_newcomer_rate = 0.1
+[[route]]
+name = "default"
+rate_per_address = 1000
+rate_per_prefix = 10000
+[challenge]
+difficulty = 8
+"#;
+
+/// Under attack, cleared clients from networks the site never heard from before share one pace
+/// to the origin, while a reader from a network of the site's normal audience keeps its own
+/// budget; right after a start (nothing learned yet) nobody is paced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_attack_newcomers_share_a_pace_and_familiar_readers_keep_their_budget() {
+    let origin = Origin::simple(Some("no-store")).await;
+    let sh = shield_apart(&origin, NEWCOMER_CONFIG).await;
+    let (addr, admin) = (sh.listen[0], sh.admin.expect("admin listener"));
+    // The site's normal audience: 400 article views from readers in 95.56.0.0/16.
+    for i in 0..400u32 {
+        let ip = format!("95.56.{}.{}", i % 250, 1 + i % 200);
+        let g = get(addr, "/article/1", &[("x-forwarded-for", ip.as_str())]).await;
+        assert_eq!(g.status, 200);
+    }
+    let m = get(admin, "/metrics", &[]).await.text();
+    assert!(
+        m.contains("qalqan_shield_familiar_networks 1\n"),
+        "one familiar /16:\n{}",
+        m.lines()
+            .filter(|l| l.contains("familiar"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    force_under_attack(admin).await;
+
+    let cleared = |ip: &'static str, ua: &'static str| async move {
+        let h = [("user-agent", ua), ("x-forwarded-for", ip)];
+        let page = get(addr, "/search?q=first", &h).await;
+        assert_eq!(page.header("x-qalqan-decision"), Some("challenge"), "{ip}");
+        clearance_as(addr, &page, &h).await
+    };
+    // A reader of the usual network, from an address it never used before the attack.
+    let reader = cleared("95.56.251.7", UA_A).await;
+    // Four bots, each from a network of its own that sent nothing before the attack.
+    let mut bots = Vec::new();
+    for (i, ip) in ["20.1.1.1", "31.2.2.2", "45.3.3.3", "77.4.4.4"]
+        .iter()
+        .enumerate()
+    {
+        bots.push((*ip, cleared(ip, UA_B).await, i));
+    }
+
+    let before = origin.count("/search");
+    let mut served = 0;
+    let mut paced = 0;
+    for (ip, cookie, i) in &bots {
+        let g = get(
+            addr,
+            &format!("/search?q=bot-{i}"),
+            &[
+                ("user-agent", UA_B),
+                ("x-forwarded-for", ip),
+                ("cookie", cookie.as_str()),
+            ],
+        )
+        .await;
+        match g.status.as_u16() {
+            200 => served += 1,
+            429 => {
+                assert_eq!(g.header("x-qalqan-reason"), Some("origin-budget"));
+                assert!(g.header("retry-after").is_some());
+                paced += 1;
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(
+        (served, paced),
+        (1, 3),
+        "a pace of 0.1/s lets one newcomer through"
+    );
+    assert_eq!(origin.count("/search"), before + 1);
+
+    // The familiar reader is not held by the newcomers' pace: all five of its budget pass.
+    let h = [
+        ("user-agent", UA_A),
+        ("x-forwarded-for", "95.56.251.7"),
+        ("cookie", reader.as_str()),
+    ];
+    for i in 0..5 {
+        let g = get(addr, &format!("/search?q=reader-{i}"), &h).await;
+        assert_eq!(g.status, 200, "reader search {i}");
+    }
+    assert_eq!(
+        get(addr, "/search?q=reader-5", &h).await.status,
+        429,
+        "then its own budget ends"
+    );
+    let m = get(admin, "/metrics", &[]).await.text();
+    assert!(
+        m.contains("qalqan_shield_newcomer_paced_total 3\n"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("newcomer"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Right after a start nothing is known about the audience, so nobody counts as a newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_learned_audience_nobody_is_paced() {
+    let origin = Origin::simple(Some("no-store")).await;
+    let sh = shield_apart(&origin, NEWCOMER_CONFIG).await;
+    let (addr, admin) = (sh.listen[0], sh.admin.expect("admin listener"));
+    force_under_attack(admin).await;
+    for (i, ip) in ["20.1.1.1", "31.2.2.2", "45.3.3.3"].iter().enumerate() {
+        let h = [("user-agent", UA_B), ("x-forwarded-for", *ip)];
+        let page = get(addr, "/search?q=first", &h).await;
+        let cookie = clearance_as(addr, &page, &h).await;
+        let g = get(
+            addr,
+            &format!("/search?q=n-{i}"),
+            &[
+                ("user-agent", UA_B),
+                ("x-forwarded-for", ip),
+                ("cookie", cookie.as_str()),
+            ],
+        )
+        .await;
+        assert_eq!(g.status, 200, "{ip}");
+    }
 }
