@@ -33,15 +33,17 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 
-# The challenge in a real headless Chromium, against the binary the tests just built.
+# The challenge in a real headless Chromium, against the binary the tests just built (in
+# CARGO_TARGET_DIR when it is set).
 cargo build -p qalqan --locked
-python3 tests/browser/challenge_e2e.py target/debug/qalqan 2>&1 | tee -a "$log"
+qalqan_bin=${CARGO_TARGET_DIR:-target}/debug/qalqan
+python3 tests/browser/challenge_e2e.py "$qalqan_bin" 2>&1 | tee -a "$log"
 # The atlas dashboard in the same browser: log in, file an incident, switch language, with and
 # without JavaScript (screenshots in target/test-artifacts/atlas/).
-python3 tests/browser/atlas_e2e.py target/debug/qalqan 2>&1 | tee -a "$log"
+python3 tests/browser/atlas_e2e.py "$qalqan_bin" 2>&1 | tee -a "$log"
 
 # The atlas's STIX export through the OASIS validator, its TAXII server through the OASIS client.
-python3 tests/stix/validate.py target/debug/qalqan 2>&1 | tee -a "$log"
+python3 tests/stix/validate.py "$qalqan_bin" 2>&1 | tee -a "$log"
 
 # The atlas's OpenAPI document against the OpenAPI 3.1 schema (the Rust tests check that it
 # names exactly the routes the router serves).
