@@ -474,7 +474,7 @@ async fn serve(
     }
     // Under attack, a cleared client's uncached requests on a route that challenges spend its
     // origin budget, and a newcomer's also the route's shared pace (see `spend_budget`).
-    let budget_key = clearance
+    let budget = clearance
         .as_ref()
         .filter(|_| {
             mode == qalqan_detect::Mode::UnderAttack
@@ -507,7 +507,7 @@ async fn serve(
     }
 
     let Some(key) = cache_key_of(route, &req, conn.tls) else {
-        if let Some(r) = spend_budget(&shared.metrics, route, budget_key, None, &req) {
+        if let Some(r) = spend_budget(&shared.metrics, route, budget, None, &req) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, None).await;
@@ -524,7 +524,7 @@ async fn serve(
         if let Some(r) = spend_budget(
             &shared.metrics,
             route,
-            budget_key,
+            budget,
             shared.store.get(&key).as_ref(),
             &req,
         ) {
@@ -544,7 +544,7 @@ async fn serve(
         has_credentials(req.headers())
     };
     if credentials || *req.method() == Method::HEAD && cached.is_none() {
-        if let Some(r) = spend_budget(&shared.metrics, route, budget_key, cached.as_ref(), &req) {
+        if let Some(r) = spend_budget(&shared.metrics, route, budget, cached.as_ref(), &req) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, cached).await;
@@ -574,7 +574,7 @@ async fn serve(
         }
     }
     if *req.method() == Method::HEAD {
-        if let Some(r) = spend_budget(&shared.metrics, route, budget_key, cached.as_ref(), &req) {
+        if let Some(r) = spend_budget(&shared.metrics, route, budget, cached.as_ref(), &req) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, cached).await;
@@ -614,7 +614,7 @@ async fn serve(
     };
 
     // Every way on from here reaches the origin.
-    if let Some(r) = spend_budget(&shared.metrics, route, budget_key, cached.as_ref(), &req) {
+    if let Some(r) = spend_budget(&shared.metrics, route, budget, cached.as_ref(), &req) {
         return r;
     }
     let Some(index) = rt.routes.iter().position(|r| std::ptr::eq(r, route)) else {
