@@ -115,11 +115,10 @@ pub fn cache_key(
         Some(class) if class.bytes().any(|b| !b.is_ascii_graphic()) => return None,
         other => other,
     };
-    let host = normalize_host(host)?;
-    let target = normalize_target(path_and_query, rules)?;
-    let mut key = String::with_capacity(host.len() + target.len() + 8);
-    key.push_str(&host);
-    key.push_str(&target);
+    // One string for the whole key: this runs on every cacheable request.
+    let mut key = String::with_capacity(host.len() + path_and_query.len() + 16);
+    normalize_host_into(host, &mut key)?;
+    normalize_target_into(path_and_query, rules, &mut key)?;
     if let Some(class) = encoding {
         // Neither the host nor the normalised target can contain a space, so the space
         // separates the encoding class unambiguously.
@@ -137,6 +136,13 @@ pub fn cache_key(
 /// characters that cannot appear in a host (`/`, `@`, spaces, non-ASCII, …) is rejected.
 #[must_use]
 pub fn normalize_host(host: &str) -> Option<String> {
+    let mut out = String::with_capacity(host.len());
+    normalize_host_into(host, &mut out)?;
+    Some(out)
+}
+
+/// [`normalize_host`], appended to `out` (left as it was when the host is refused).
+fn normalize_host_into(host: &str, out: &mut String) -> Option<()> {
     if host.is_empty() || host.len() > MAX_HOST_BYTES {
         return None;
     }
@@ -188,8 +194,9 @@ pub fn normalize_host(host: &str) -> Option<String> {
             }
         }
     };
-    let mut out = String::with_capacity(name.len() + 6);
-    out.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+    out.push_str(name);
+    let start = out.len() - name.len();
+    out[start..].make_ascii_lowercase();
     if let Some(port) = port {
         // Digits by hand: this runs on every cacheable request, and `to_string` goes through
         // the formatting machinery.
@@ -207,7 +214,7 @@ pub fn normalize_host(host: &str) -> Option<String> {
         }
         out.extend(digits[i..].iter().map(|&d| char::from(d)));
     }
-    Some(out)
+    Some(())
 }
 
 /// The normalised request target (`/path?query`, no fragment), or `None` when it is too
@@ -228,6 +235,13 @@ pub fn normalize_host(host: &str) -> Option<String> {
 ///   are sorted by name, then value, keeping duplicates.
 #[must_use]
 pub fn normalize_target(path_and_query: &str, rules: &KeyRules) -> Option<String> {
+    let mut out = String::with_capacity(path_and_query.len() + 8);
+    normalize_target_into(path_and_query, rules, &mut out)?;
+    Some(out)
+}
+
+/// [`normalize_target`], appended to `out` (unchanged when the target is refused).
+fn normalize_target_into(path_and_query: &str, rules: &KeyRules, out: &mut String) -> Option<()> {
     if path_and_query.len() > MAX_TARGET_BYTES {
         return None;
     }
@@ -242,16 +256,15 @@ pub fn normalize_target(path_and_query: &str, rules: &KeyRules) -> Option<String
     if !(path.is_empty() || path.starts_with('/')) {
         return None;
     }
-    let mut out = String::with_capacity(target.len() + 8);
     if path.is_empty() {
         out.push('/');
     } else {
-        normalize_path(path.as_bytes(), &mut out);
+        normalize_path(path.as_bytes(), out);
     }
     if let Some(query) = query {
-        normalize_query(query, rules, &mut out);
+        normalize_query(query, rules, out);
     }
-    Some(out)
+    Some(())
 }
 
 /// RFC 3986 section 2.3: characters that never need percent-encoding, and whose encoded and

@@ -84,6 +84,7 @@ impl CachedResponse {
         now: Instant,
     ) -> Self {
         strip_unstorable_headers(&mut headers);
+        let headers = compact(&headers);
         let after = |window: Duration| now.checked_add(window.min(MAX_WINDOW)).unwrap_or(now);
         let fresh_until = after(freshness.ttl);
         let after_fresh = |window: Duration| {
@@ -182,6 +183,21 @@ fn is_unstorable(name: &HeaderName) -> bool {
             | "upgrade"
             | "set-cookie"
     ) || name.starts_with("proxy-")
+}
+
+/// The same headers with every value in its own allocation. A parsed value is usually a slice of
+/// the connection's read buffer (hyper's or the shield's own), and a stored entry would keep that
+/// whole buffer alive while its weight counts only the value: a copy keeps the cache's memory
+/// what its capacity says.
+fn compact(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let Ok(mut v) = HeaderValue::from_bytes(value.as_bytes()) {
+            v.set_sensitive(value.is_sensitive());
+            out.append(name.clone(), v);
+        }
+    }
+    out
 }
 
 /// Removes the unstorable headers, and the headers that `Connection` names as hop-by-hop.
@@ -345,6 +361,33 @@ mod tests {
             stale_while_revalidate: Duration::from_secs(swr),
             stale_if_error: Duration::from_secs(sie),
         }
+    }
+
+    #[test]
+    fn stored_headers_do_not_keep_the_read_buffer_alive() {
+        // A 64 KiB "read buffer" whose first bytes hold a header value, as a parser leaves it.
+        let mut raw = vec![b'x'; 64 * 1024];
+        raw[..5].copy_from_slice(b"hello");
+        let buffer = Bytes::from(raw);
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let mut headers = HeaderMap::new();
+        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(0..5)).unwrap();
+        secret.set_sensitive(true);
+        headers.insert("x-from-origin", secret);
+        let entry = CachedResponse::new(
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(b"body"),
+            &freshness(60, 0, 0),
+            Instant::now(),
+        );
+        let kept = &entry.headers["x-from-origin"];
+        assert_eq!(kept, "hello");
+        assert!(kept.is_sensitive(), "sensitivity survives the copy");
+        assert!(
+            !range.contains(&(kept.as_bytes().as_ptr() as usize)),
+            "the stored value still points into the 64 KiB buffer"
+        );
     }
 
     fn response(body_len: usize, now: Instant) -> Arc<CachedResponse> {

@@ -137,3 +137,41 @@ impl http_body::Body for ChannelBody {
         self.rx.poll_recv(cx)
     }
 }
+
+/// A client's request body: hyper's, or none at all for a request the shield's own HTTP/1.1
+/// reader took (those never have a body; see `h1`).
+pub enum ReqBody {
+    /// A body hyper reads from the connection (HTTP/2, bodies, upgrades, anything unusual).
+    Hyper(hyper::body::Incoming),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Hyper(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Hyper(b) => b.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}

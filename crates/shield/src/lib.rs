@@ -14,6 +14,9 @@ pub mod config;
 pub mod familiar;
 pub mod gate;
 pub mod goodbots;
+mod h1;
+#[doc(hidden)]
+pub use h1::fuzz_take;
 pub mod limiter;
 pub mod metrics;
 pub mod pages;

@@ -101,6 +101,9 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Requests whose X-Forwarded-For came from an untrusted peer (ignored).
     pub untrusted_forwarded: AtomicU64,
+    /// HTTP/1.1 connections the shield's own reader handed to hyper (a request with a body, an
+    /// upgrade, HTTP/1.0, a malformed head, ...).
+    pub http1_handoffs: AtomicU64,
     /// Challenge pages served.
     pub challenges_issued: AtomicU64,
     /// Challenge answers accepted (clearances given).
@@ -327,6 +330,12 @@ impl Metrics {
             "qalqan_shield_untrusted_forwarded_total",
             "Requests carrying X-Forwarded-For from a peer not in trusted_proxies (header ignored).",
             self.untrusted_forwarded.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "qalqan_shield_http1_handoffs_total",
+            "HTTP/1.1 connections moved from the shield's own request reader to hyper at their first request with a body, an upgrade, HTTP/1.0 or a malformed head.",
+            self.http1_handoffs.load(Relaxed),
         );
         o
     }

@@ -20,13 +20,12 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use qalqan_cache::policy::{self, RouteCacheRules};
 use qalqan_cache::store::{CachedResponse, EntryState};
 use qalqan_net::forwarded::{AddrSource, client_from_xff};
 
 use crate::accesslog::Entry;
-use crate::body::{Body, BoxError, ChannelBody, Guarded, Prefixed, empty, full};
+use crate::body::{Body, BoxError, ChannelBody, Guarded, Prefixed, ReqBody, empty, full};
 use crate::config::{ChallengePolicy, FailMode};
 use crate::metrics::Decision;
 use crate::pages::page;
@@ -117,7 +116,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let rt = shared.runtime.load_full();
@@ -180,7 +179,7 @@ struct LogHead {
 }
 
 impl LogHead {
-    fn of(req: &Request<Incoming>) -> Self {
+    fn of(req: &Request<ReqBody>) -> Self {
         LogHead {
             method: req.method().clone(),
             target: req
@@ -371,7 +370,7 @@ async fn serve(
     conn: &Arc<ConnInfo>,
     route: &RouteState,
     client: IpAddr,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> (Response<Body>, Decision) {
     // A clearance matters only where challenges can be asked for, and is checked only then.
     let mode = route.mode(shared.attack.mode());
@@ -503,7 +502,8 @@ async fn serve(
     }
 
     if is_upgrade(&req) {
-        return pass_upgrade(shared, rt, conn, route, client, req).await;
+        // Boxed: rare, and its future would otherwise size every request's.
+        return Box::pin(pass_upgrade(shared, rt, conn, route, client, req)).await;
     }
 
     let Some(key) = cache_key_of(route, &req, conn.tls) else {
@@ -521,13 +521,9 @@ async fn serve(
         .blocked_until(key_hash, qalqan_limits::now_ms())
         .is_some()
     {
-        if let Some(r) = spend_budget(
-            &shared.metrics,
-            route,
-            budget,
-            shared.store.get(&key).as_ref(),
-            &req,
-        ) {
+        // The copy matters only to a request that spends an origin budget (under attack).
+        let cached = budget.and_then(|_| shared.store.get(&key));
+        if let Some(r) = spend_budget(&shared.metrics, route, budget, cached.as_ref(), &req) {
             return r;
         }
         return pass(shared, rt, conn, route, client, req, None).await;
@@ -1025,7 +1021,7 @@ fn revalidate_in_background(
     conn: &Arc<ConnInfo>,
     route: &RouteState,
     client: IpAddr,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     target: http::Uri,
     key: String,
 ) {
@@ -1114,7 +1110,7 @@ async fn pass(
     conn: &Arc<ConnInfo>,
     route: &RouteState,
     client: IpAddr,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     stale: Option<Arc<CachedResponse>>,
 ) -> (Response<Body>, Decision) {
     let (parts, body) = req.into_parts();
@@ -1165,7 +1161,7 @@ async fn pass_upgrade(
     conn: &Arc<ConnInfo>,
     route: &RouteState,
     client: IpAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
 ) -> (Response<Body>, Decision) {
     let client_side = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
@@ -1292,10 +1288,17 @@ fn upstream_request(
         return Err(StatusCode::BAD_REQUEST);
     }
     // Origin-form (`/path?query`): the request goes to the origin as to a server, not a proxy.
-    let uri = http::Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    // An HTTP/1.1 request usually is already; HTTP/2 and absolute-form ones are rebuilt.
+    let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        None
+    } else {
+        Some(
+            http::Uri::builder()
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| StatusCode::BAD_REQUEST)?,
+        )
+    };
     let host = match (parts.headers.get(header::HOST), parts.uri.authority()) {
         (Some(h), _) => h.clone(),
         (None, Some(a)) => {
@@ -1305,7 +1308,9 @@ fn upstream_request(
             .map_err(|_| StatusCode::BAD_REQUEST)?,
     };
     let client_version = parts.version;
-    parts.uri = uri;
+    if let Some(uri) = uri {
+        parts.uri = uri;
+    }
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
@@ -1367,32 +1372,55 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one pass over the names (comparisons, no hashing) saves
-    // nine lookups on every proxied request and response.
-    if !keep_upgrade && !h.keys().any(is_hop_by_hop) {
+    // One pass over the names (comparisons, no hashing) finds which are present; only those are
+    // removed. Most messages carry at most `Connection: keep-alive`.
+    const UPGRADE_BIT: u16 = 1 << 8; // after the eight of HOP_BY_HOP
+    let mut present: u16 = 0;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        } else if k == header::UPGRADE {
+            present |= UPGRADE_BIT;
+        }
+    }
+    if present == 0 && !keep_upgrade {
         return;
     }
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .take(32)
-        .collect();
-    for n in named {
-        if keep_upgrade && n == header::UPGRADE {
-            continue;
+    // Headers named in Connection are hop-by-hop too; only names actually present are looked
+    // for, so a token like `keep-alive` costs no allocation.
+    if present & 1 != 0 {
+        // (bit 0: Connection, the first of HOP_BY_HOP)
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        let tokens = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .take(32);
+        for t in tokens {
+            if keep_upgrade && t.eq_ignore_ascii_case(b"upgrade") {
+                continue;
+            }
+            if let Some(k) = h
+                .keys()
+                .find(|k| !is_hop_by_hop(k) && k.as_str().as_bytes().eq_ignore_ascii_case(t))
+            {
+                doomed.push(k.clone());
+            }
         }
-        h.remove(n);
+        for n in doomed {
+            h.remove(n);
+        }
     }
-    for n in HOP_BY_HOP.iter() {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         h.remove(header::UPGRADE);
     }
 }
@@ -1524,7 +1552,7 @@ fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The client's body, capped at `max_body_bytes`.
-fn limited_body(body: Incoming, max: u64) -> Body {
+fn limited_body(body: ReqBody, max: u64) -> Body {
     http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
 }
 

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::accesslog::AccessLog;
-use crate::body::{Body, full};
+use crate::body::{Body, ReqBody, full};
 use crate::config::{Config, Listener};
 use crate::metrics::ConnDrop;
 use crate::proxy::{ConnInfo, handle};
@@ -470,11 +470,37 @@ async fn serve_io<I>(
 {
     // Requests in progress: while one waits on the origin, silence on the socket is not idleness.
     let busy = Arc::new(AtomicUsize::new(0));
+    let idle = idle_watchdog(activity, busy.clone(), s.idle_timeout);
+    tokio::pin!(idle);
+    // HTTP/1.1: the shield's own reader takes the plain requests; the first one it does not take
+    // moves the connection, with the bytes read so far, to hyper (see `h1`).
+    let io = if h2 {
+        Rewind::new(Bytes::new(), io)
+    } else {
+        let limits = crate::h1::Limits {
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+        };
+        let outcome = tokio::select! {
+            o = crate::h1::serve(io, &conn, limits, &shared, &mut shutdown, &busy) => o,
+            _ = &mut idle => {
+                shared.metrics.conn_drop(ConnDrop::Timeout);
+                return;
+            }
+        };
+        match outcome {
+            crate::h1::Outcome::Done => return,
+            crate::h1::Outcome::Handoff(io, read) => {
+                shared.metrics.http1_handoffs.fetch_add(1, Relaxed);
+                Rewind::new(read, io)
+            }
+        }
+    };
     let svc = {
         let (shared, busy) = (shared.clone(), busy.clone());
         service_fn(move |req: Request<Incoming>| {
             let guard = Busy::enter(busy.clone());
-            let fut = handle(shared.clone(), conn.clone(), req);
+            let fut = handle(shared.clone(), conn.clone(), req.map(ReqBody::Hyper));
             async move {
                 let r = fut.await;
                 drop(guard);
@@ -482,8 +508,6 @@ async fn serve_io<I>(
             }
         })
     };
-    let idle = idle_watchdog(activity, busy, s.idle_timeout);
-    tokio::pin!(idle);
     // Both connection kinds are driven the same way: to completion, until idle, or drained on
     // shutdown.
     macro_rules! drive {
@@ -522,10 +546,10 @@ async fn serve_io<I>(
 }
 
 /// Counts a request in progress on a connection.
-struct Busy(Arc<AtomicUsize>);
+pub(crate) struct Busy(Arc<AtomicUsize>);
 
 impl Busy {
-    fn enter(n: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn enter(n: Arc<AtomicUsize>) -> Self {
         n.fetch_add(1, Relaxed);
         Busy(n)
     }

@@ -685,6 +685,63 @@ async fn tls_connect(
         .expect("TLS handshake with the shield")
 }
 
+/// Over TLS the shield's own HTTP/1.1 writer must flush: encrypted records left in the TLS
+/// layer when the socket was full would never leave, and a page would stop short until the
+/// idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_large_page_to_a_slow_reader_arrives_whole() {
+    // Larger than the socket buffers loopback TCP grows to, so the shield's writes block and
+    // the last ones go out while the socket is full.
+    const SIZE: usize = 16 * 1024 * 1024;
+    let origin = Origin::start(Arc::new(|_: &Seen| {
+        let mut r = Response::new(Full::new(Bytes::from(vec![b'a'; SIZE])));
+        r.headers_mut()
+            .insert("cache-control", "no-store".parse().unwrap());
+        r
+    }))
+    .await;
+    let cert = TestCert::new();
+    let sh = tls_shield(&origin, &cert).await;
+    let mut tls = tls_connect(&cert, sh.listen[0], &[b"http/1.1"]).await;
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: secure.example\r\n\r\n")
+        .await
+        .unwrap();
+    // Let the shield fill the socket and block before anything is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut head = Vec::new();
+    let mut body = 0usize;
+    let mut in_body = false;
+    let whole = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = vec![0u8; 32 * 1024];
+        loop {
+            let n = match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if in_body {
+                body += n;
+            } else {
+                head.extend_from_slice(&chunk[..n]);
+                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    body = head.len() - end - 4;
+                    head.truncate(end + 4);
+                    in_body = true;
+                }
+            }
+            if body >= SIZE {
+                return true;
+            }
+            // A slow reader: the socket stays full while the shield writes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert_eq!(whole, Ok(true), "{body} of {SIZE} body bytes arrived");
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {SIZE}")), "{head}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_h2_client_reaches_origin_as_http11() {
     let origin = Origin::start(Arc::new(|s: &Seen| {

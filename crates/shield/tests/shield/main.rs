@@ -9,6 +9,7 @@ mod common;
 mod fidelity;
 mod geo;
 mod goodbots;
+mod h1;
 mod limits;
 mod origin;
 mod reload;
