@@ -83,10 +83,10 @@ where
     let deadline = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(deadline);
     let mut armed = true;
-    // One wait for the shutdown signal for the connection's whole life: a new one per request
-    // would register with the signal and leave it again every time.
     // A second view of the signal, read between requests.
     let stopping = shutdown.clone();
+    // One wait for the shutdown signal for the connection's whole life: a new one per request
+    // would register with the signal and leave it again every time.
     let stop = shutdown.changed();
     tokio::pin!(stop);
     // Bytes of a partial head already known to hold no end of head: a head sent a byte at a
@@ -171,7 +171,8 @@ where
 
 /// Whether `buf` may hold a complete head, given that its first `scanned` bytes did not: an
 /// empty line (`\n\n` or `\n\r\n`; httparse accepts a bare LF) ends somewhere after them.
-fn head_may_end(buf: &[u8], scanned: usize) -> bool {
+/// Used for request heads here and for response heads in `upstream`.
+pub(crate) fn head_may_end(buf: &[u8], scanned: usize) -> bool {
     if scanned == 0 {
         return true;
     }

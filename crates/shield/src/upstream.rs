@@ -56,6 +56,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
+use crate::h1::head_may_end;
 
 /// Largest response head (status line and header fields) accepted from the origin.
 const MAX_HEAD: usize = 64 * 1024;
@@ -499,17 +500,6 @@ fn content_length(value: &[u8], seen: &mut Option<u64>) -> Result<(), &'static s
         }
     }
     Ok(())
-}
-
-/// Whether `buf` may hold a complete head, given that its first `scanned` bytes did not: an
-/// empty line (`\n\n` or `\n\r\n`; httparse accepts bare LF) ends somewhere after them.
-fn head_may_end(buf: &[u8], scanned: usize) -> bool {
-    if scanned == 0 {
-        return true;
-    }
-    buf.get(scanned.saturating_sub(2)..).is_some_and(|tail| {
-        tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
-    })
 }
 
 /// How a response body is delimited (RFC 9112 6.3).
