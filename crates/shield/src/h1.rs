@@ -17,7 +17,9 @@
 //! Timeouts: the first head must be complete within `header_read_timeout` of the start, a
 //! later one within `header_read_timeout` of its first byte; between requests the connection's
 //! idle watchdog (`server`) applies, and it also covers a client that stops reading a response.
-//! On shutdown the loop finishes the request in progress and closes.
+//! On shutdown the loop finishes the request in progress, says `connection: close`, and closes.
+//! While a response body is awaited the connection is still read, so a client that has gone
+//! ends the response at once (as in hyper) instead of holding the origin until the idle timeout.
 //!
 //! Response framing follows hyper's server rules, so a response is sent the same way whichever
 //! reader took the request: no body for HEAD, 1xx, 204 and 304; `content-length` when the body's
@@ -158,7 +160,17 @@ where
         // 3. The response. A shutdown that began meanwhile closes the connection after it, and
         // the response says so (as hyper's graceful shutdown does).
         let close = close || *stopping.borrow();
-        let keep = match write_response(&mut io, &mut out, &method, close, resp).await {
+        let keep = match write_response(
+            &mut io,
+            &mut out,
+            &mut buf,
+            limits.max_header_bytes,
+            &method,
+            close,
+            resp,
+        )
+        .await
+        {
             Ok(keep) => keep,
             Err(_) => return Outcome::Done,
         };
@@ -321,15 +333,21 @@ enum Framing {
 }
 
 /// Writes `resp` for a request with `method`; returns whether the connection stays open.
+/// While a body frame is awaited, the connection is read into `inbox` (up to `inbox_max`
+/// bytes, kept for the next request): a client that has gone (end of stream, as hyper does
+/// without half-close) ends the response at once, so a stalled body does not hold what it holds
+/// (an origin slot, a cache fill) until the idle timeout.
 async fn write_response<I>(
     io: &mut I,
     out: &mut Vec<u8>,
+    inbox: &mut BytesMut,
+    inbox_max: usize,
     method: &Method,
     client_close: bool,
     resp: Response<Body>,
 ) -> io::Result<bool>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
     out.clear();
@@ -342,7 +360,22 @@ where
     };
     if framing != Framing::None && !body.is_end_stream() {
         loop {
-            let frame = match body.frame().await {
+            let next = loop {
+                if inbox.len() >= inbox_max {
+                    break body.frame().await;
+                }
+                tokio::select! {
+                    biased;
+                    f = body.frame() => break f,
+                    r = io.read_buf(inbox) => match r {
+                        Ok(0) | Err(_) => {
+                            return Err(io::ErrorKind::ConnectionAborted.into());
+                        }
+                        Ok(_) => {}
+                    },
+                }
+            };
+            let frame = match next {
                 None => break,
                 Some(Ok(f)) => f,
                 Some(Err(_)) => return Err(io::Error::other("response body failed")),

@@ -904,8 +904,23 @@ async fn fill(
     let expected = content_length(&parts.headers);
     let mut stored: Option<Arc<CachedResponse>> = None;
     loop {
-        let next = if tx.is_some() {
-            body.frame().await
+        let next = if let Some(t) = &tx {
+            // A requester that leaves while the origin stalls is noticed at once, not at the
+            // next frame; from then on the stall timeout applies.
+            let frame = tokio::select! {
+                f = body.frame() => Some(f),
+                () = t.closed() => None,
+            };
+            match frame {
+                Some(f) => f,
+                None => {
+                    tx = None;
+                    if too_big || stored.is_some() {
+                        return;
+                    }
+                    continue;
+                }
+            }
         } else {
             match tokio::time::timeout(stall, body.frame()).await {
                 Ok(f) => f,

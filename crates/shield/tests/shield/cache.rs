@@ -642,3 +642,68 @@ async fn age_counts_the_origins_age() {
         );
     }
 }
+
+/// A reader that leaves while the origin stalls in the middle of a cacheable body: the fill
+/// notices at once and gives the origin `response_timeout` more, instead of holding the key's
+/// flight (and the origin's slot) until the origin closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_leaving_a_stalled_origin_body_frees_the_fill() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw origin: a cacheable head and 10 of 100,000 promised bytes, then silence for 30 s.
+    let sock = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = sock.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 100000\r\n\r\n0123456789",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let shield = shield_with_origin(
+        &format!("http://{origin_addr}"),
+        "response_timeout = \"1s\"",
+        NO_LIMITS,
+    )
+    .await;
+    let admin = shield.admin.unwrap();
+    let errors = "qalqan_shield_origin_errors_total";
+    let before = metric(admin, errors).await;
+    let mut c = tokio::net::TcpStream::connect(shield.listen[0])
+        .await
+        .unwrap();
+    c.write_all(b"GET /stalls HTTP/1.1\r\nHost: news.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"0123456789") {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+            .await
+            .expect("the first bytes arrive")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    drop(c);
+    let t0 = Instant::now();
+    let mut freed = false;
+    while t0.elapsed() < Duration::from_secs(5) {
+        if metric(admin, errors).await > before {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        freed,
+        "the fill still waits on the stalled origin {:?} after the reader left",
+        t0.elapsed()
+    );
+}
