@@ -65,6 +65,9 @@ pub struct SpaceSaving<K: Key> {
     /// Min-heap on `count`.
     heap: Vec<HeavyHitter<K>>,
     position: HashMap<K, usize>,
+    /// The map's capacity when it was made: its table never grows (see `new`), and its
+    /// `capacity()` reports free room, which tombstones shrink until the next in-place rehash.
+    position_slots: usize,
     total: u64,
 }
 
@@ -72,13 +75,15 @@ impl<K: Key> SpaceSaving<K> {
     /// A summary with `capacity` counters (at least 1).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
+        let position = HashMap::with_capacity(2 * capacity);
         Self {
             capacity,
             heap: Vec::with_capacity(capacity),
+            position_slots: position.capacity(),
             // Twice the counters: hashbrown rehashes in place (instead of growing) only while
             // at most half its capacity is used, and evictions leave tombstones that force
             // such rehashes. With the slack, memory never changes after construction.
-            position: HashMap::with_capacity(2 * capacity),
+            position,
             total: 0,
         }
     }
@@ -161,7 +166,8 @@ impl<K: Key> SpaceSaving<K> {
         let keys: usize = self.heap.iter().map(|h| h.key.heap_bytes()).sum();
         size_of::<Self>()
             + self.heap.capacity() * size_of::<HeavyHitter<K>>()
-            + self.position.capacity() * (size_of::<(K, usize)>() + 1)
+            // A table that did grow (it should not) would report more free room than it had.
+            + self.position_slots.max(self.position.capacity()) * (size_of::<(K, usize)>() + 1)
             + 2 * keys
     }
 
