@@ -99,6 +99,18 @@ async fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Optio
     })
 }
 
+/// A connection on which one plain GET has been answered 200 by the shield's own reader.
+async fn after_one_plain_request(addr: std::net::SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: news.example\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_reply(&mut s, &mut buf, "GET").await.expect("reply");
+    assert_eq!(r.status, 200);
+    (s, buf)
+}
+
 async fn eof_within(s: &mut TcpStream, buf: &mut Vec<u8>, t: Duration) -> bool {
     let mut chunk = [0u8; 1024];
     let deadline = Instant::now() + t;
@@ -215,13 +227,7 @@ async fn close_after_a_plain_request_is_honoured_by_the_own_reader() {
 async fn a_malformed_head_after_plain_requests_gets_hyper_s_400() {
     let origin = Origin::simple(Some("no-store")).await;
     let shield = shield_for(&origin, "").await;
-    let mut s = TcpStream::connect(shield.listen[0]).await.unwrap();
-    let mut buf = Vec::new();
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: news.example\r\n\r\n")
-        .await
-        .unwrap();
-    let r = read_reply(&mut s, &mut buf, "GET").await.expect("reply");
-    assert_eq!(r.status, 200);
+    let (mut s, mut buf) = after_one_plain_request(shield.listen[0]).await;
     s.write_all(b"GET /x HTTP/1.1\r\nBad Header Line\r\n\r\n")
         .await
         .unwrap();
@@ -233,15 +239,7 @@ async fn a_malformed_head_after_plain_requests_gets_hyper_s_400() {
     assert_eq!(origin.count("/x"), 0);
 
     // A head over max_header_bytes after a plain request: 431.
-    let mut s = TcpStream::connect(shield.listen[0]).await.unwrap();
-    let mut buf = Vec::new();
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: news.example\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        read_reply(&mut s, &mut buf, "GET").await.unwrap().status,
-        200
-    );
+    let (mut s, mut buf) = after_one_plain_request(shield.listen[0]).await;
     let mut big = b"GET /big HTTP/1.1\r\nHost: news.example\r\n".to_vec();
     for i in 0..20 {
         big.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "a".repeat(1000)).as_bytes());
@@ -263,15 +261,7 @@ async fn a_second_head_that_never_completes_is_cut_at_the_header_timeout() {
         "[client]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\n",
     )
     .await;
-    let mut s = TcpStream::connect(shield.listen[0]).await.unwrap();
-    let mut buf = Vec::new();
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: news.example\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        read_reply(&mut s, &mut buf, "GET").await.unwrap().status,
-        200
-    );
+    let (mut s, mut buf) = after_one_plain_request(shield.listen[0]).await;
     // Quiet for longer than the header timeout: an idle keep-alive connection is not cut.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.write_all(b"GET /slow HTTP/1.1\r\nHost: news.example\r\n")
