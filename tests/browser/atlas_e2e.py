@@ -119,7 +119,9 @@ class Browser:
         while time.time() - t0 < within:
             text = self.text()
             if want in text and self.eval("document.readyState") == "complete":
-                return True, text
+                # Read again: the text above may be from before the document finished
+                # loading (the heading in, the list below it not yet).
+                return True, self.text()
             time.sleep(0.1)
         return False, text
 

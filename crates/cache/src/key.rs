@@ -164,18 +164,25 @@ fn normalize_host_into(host: &str, out: &mut String) -> Option<()> {
         };
         (&host[..end + 2], port)
     } else {
-        let (name, port) = match host.split_once(':') {
-            Some((name, port)) => (name, Some(port)),
+        let (name, port) = match host.bytes().position(|b| b == b':') {
+            Some(i) => (&host[..i], Some(&host[i + 1..])),
             None => (host, None),
         };
         let name = name.strip_suffix('.').unwrap_or(name);
+        // Labels of letters, digits, `-` and `_`, separated by single dots: one pass.
+        let mut prev_dot = true; // no dot first
         let valid_name = !name.is_empty()
-            && !name.starts_with('.')
-            && !name.ends_with('.')
-            && !name.contains("..")
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            && name.bytes().all(|b| {
+                let dot = b == b'.';
+                let ok = if dot {
+                    !prev_dot
+                } else {
+                    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+                };
+                prev_dot = dot;
+                ok
+            })
+            && !prev_dot; // no dot last
         if !valid_name {
             return None;
         }
@@ -259,7 +266,7 @@ fn normalize_target_into(path_and_query: &str, rules: &KeyRules, out: &mut Strin
     if path.is_empty() {
         out.push('/');
     } else {
-        normalize_path(path.as_bytes(), out);
+        normalize_path(path, out);
     }
     if let Some(query) = query {
         normalize_query(query, rules, out);
@@ -317,9 +324,23 @@ fn push_escaped(byte: u8, out: &mut String) {
     out.push(char::from(HEX[usize::from(byte & 0x0f)]));
 }
 
-fn normalize_path(path: &[u8], out: &mut String) {
+fn normalize_path(path: &str, out: &mut String) {
+    // Runs of characters kept as they are (most paths are one such run) are copied at once.
+    let keep = |b: u8| is_unreserved(b) || is_path_reserved(b);
+    let path_str = path;
+    let path = path.as_bytes();
     let mut i = 0;
     while let Some(&b) = path.get(i) {
+        if keep(b) {
+            let run = path[i..]
+                .iter()
+                .position(|&b| !keep(b))
+                .unwrap_or(path.len() - i);
+            // ASCII only, so the run's ends are character boundaries.
+            out.push_str(path_str.get(i..i + run).unwrap_or_default());
+            i += run;
+            continue;
+        }
         if b == b'%' {
             if let Some(decoded) = escape_at(path, i) {
                 if is_unreserved(decoded) {
@@ -332,8 +353,6 @@ fn normalize_path(path: &[u8], out: &mut String) {
             }
             // A `%` that starts no valid escape is a literal percent sign.
             push_escaped(b'%', out);
-        } else if is_unreserved(b) || is_path_reserved(b) {
-            out.push(char::from(b));
         } else {
             push_escaped(b, out);
         }
@@ -626,6 +645,10 @@ mod tests {
             "a..b",
             "bücher.de",
             "example.com..",
+            ".",
+            "..",
+            ".:80",
+            "a.-b..",
         ] {
             assert_eq!(normalize_host(host), None, "{host:?}");
         }

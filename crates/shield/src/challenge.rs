@@ -16,6 +16,7 @@ use qalqan_challenge::{Binding, Challenge, Clearance, Reject, ReplayGuard};
 use crate::body::{Body, full};
 use crate::config::{ChallengePolicy, Config};
 use crate::metrics::Decision;
+use crate::pages::X_QALQAN_REASON;
 
 /// The clearance cookie's name.
 pub const COOKIE: &str = "qalqan_clearance";
@@ -270,13 +271,7 @@ pub fn page(
     );
     let mut r = Response::new(full(Bytes::from(html)));
     *r.status_mut() = StatusCode::FORBIDDEN;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-qalqan-decision", HeaderValue::from_static("challenge"));
+    *r.headers_mut() = crate::pages::shield_head("challenge", 0);
     r
 }
 
@@ -392,8 +387,10 @@ pub fn endpoint(
         Err(e) => {
             tracing::debug!(reason = e.reason(), "challenge answer refused");
             let mut r = crate::pages::page(StatusCode::FORBIDDEN, "challenge", None);
-            r.headers_mut()
-                .insert("x-qalqan-reason", HeaderValue::from_static(e.reason()));
+            r.headers_mut().insert(
+                X_QALQAN_REASON.clone(),
+                HeaderValue::from_static(e.reason()),
+            );
             (r, Decision::Challenge, e.is_suspicious())
         }
     }
@@ -417,13 +414,6 @@ fn wait_page(secs: u64, again: &str) -> Response<Body> {
     );
     let mut r = Response::new(full(Bytes::from(html)));
     *r.status_mut() = StatusCode::FORBIDDEN;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r.headers_mut()
-        .insert("x-qalqan-decision", HeaderValue::from_static("challenge"));
+    *r.headers_mut() = crate::pages::shield_head("challenge", 0);
     r
 }

@@ -181,6 +181,121 @@ where
     }
 }
 
+/// A field name the shield meets on most messages, found by its length and compared as whole
+/// words without regard to case; `None` for any other name (parsed the general way). The `http`
+/// crate lowercases every name byte by byte into a scratch buffer before it matches; this is the
+/// same answer with less work for the names a head is mostly made of.
+pub(crate) fn common_name(b: &[u8]) -> Option<HeaderName> {
+    // By length: each list holds at most a few names.
+    static KNOWN: std::sync::OnceLock<Vec<Vec<Known>>> = std::sync::OnceLock::new();
+    if b.len() < 4 || b.len() > 24 {
+        return None;
+    }
+    let known = KNOWN.get_or_init(|| {
+        use header as h;
+        [
+            h::HOST,
+            h::DATE,
+            h::ETAG,
+            h::VARY,
+            h::SERVER,
+            h::ACCEPT,
+            h::COOKIE,
+            h::PRAGMA,
+            h::REFERER,
+            h::EXPIRES,
+            h::UPGRADE,
+            h::LOCATION,
+            h::IF_RANGE,
+            h::CONNECTION,
+            h::USER_AGENT,
+            h::SET_COOKIE,
+            HeaderName::from_static("keep-alive"),
+            h::CONTENT_TYPE,
+            h::CACHE_CONTROL,
+            h::LAST_MODIFIED,
+            h::ACCEPT_RANGES,
+            h::IF_NONE_MATCH,
+            h::CONTENT_LENGTH,
+            h::ACCEPT_ENCODING,
+            h::ACCEPT_LANGUAGE,
+            HeaderName::from_static("x-forwarded-for"),
+            h::CONTENT_ENCODING,
+            h::TRANSFER_ENCODING,
+            h::IF_MODIFIED_SINCE,
+        ]
+        .into_iter()
+        .fold(
+            std::iter::repeat_with(Vec::new).take(25).collect(),
+            |mut by_len: Vec<Vec<Known>>, n| {
+                let k = Known::new(n);
+                if let Some(list) = by_len.get_mut(k.len) {
+                    list.push(k);
+                }
+                by_len
+            },
+        )
+    });
+    let list = known.get(b.len())?;
+    if list.is_empty() {
+        return None;
+    }
+    let words = Known::words(b);
+    list.iter()
+        .find(|k| {
+            (words[0] | k.mask[0]) == k.word[0]
+                && (words[1] | k.mask[1]) == k.word[1]
+                && (words[2] | k.mask[2]) == k.word[2]
+        })
+        .map(|k| k.name.clone())
+}
+
+/// A common name as three little-endian words, with the bit that makes a letter lowercase set
+/// in `mask` wherever the name has a letter: `(input | mask) == word` then holds exactly when
+/// the input is the name in any mix of cases (other bytes must match as they are).
+struct Known {
+    len: usize,
+    word: [u64; 3],
+    mask: [u64; 3],
+    name: HeaderName,
+}
+
+impl Known {
+    fn new(name: HeaderName) -> Known {
+        let lower = name.as_str().as_bytes();
+        let mut mask = [0u8; 24];
+        for (m, c) in mask.iter_mut().zip(lower) {
+            if c.is_ascii_lowercase() {
+                *m = 0x20;
+            }
+        }
+        Known {
+            len: lower.len(),
+            word: Known::words(lower),
+            mask: Known::words(&mask),
+            name,
+        }
+    }
+
+    /// The first 24 bytes of `b` (zero-padded) as words.
+    fn words(b: &[u8]) -> [u64; 3] {
+        let mut buf = [0u8; 24];
+        let n = b.len().min(24);
+        buf[..n].copy_from_slice(&b[..n]);
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        [word(0), word(1), word(2)]
+    }
+}
+
+/// A field name: [`common_name`], or parsed (and checked) by the `http` crate.
+pub(crate) fn field_name(b: &[u8]) -> Option<HeaderName> {
+    common_name(b).or_else(|| HeaderName::from_bytes(b).ok())
+}
+
 /// Whether `buf` may hold a complete head, given that its first `scanned` bytes did not: an
 /// empty line (`\n\n` or `\n\r\n`; httparse accepts a bare LF) ends somewhere after them.
 /// Used for request heads here and for response heads in `upstream`.
@@ -310,7 +425,7 @@ fn build(
     // Room for the forwarding headers the shield adds on the way to the origin.
     let mut map = HeaderMap::with_capacity(headers.len() + 6);
     for (name, value) in headers {
-        let name = HeaderName::from_bytes(bytes.get(name.start..name.end)?).ok()?;
+        let name = field_name(bytes.get(name.start..name.end)?)?;
         let value = HeaderValue::from_maybe_shared(value.slice(bytes)?).ok()?;
         map.append(name, value);
     }
@@ -688,6 +803,72 @@ mod tests {
             head.push_str(&tail);
             fuzz_take(head.as_bytes());
         }
+
+        /// The short cut for common names gives what the `http` crate gives, for any bytes and
+        /// for the common names in any case.
+        #[test]
+        fn field_names_are_what_the_http_crate_makes_of_them(
+            any_bytes in proptest::collection::vec(any::<u8>(), 0..24),
+            name in "(host|date|etag|vary|server|accept|cookie|pragma|referer|expires|upgrade|\
+                location|if-range|connection|user-agent|set-cookie|keep-alive|content-type|\
+                cache-control|last-modified|accept-ranges|if-none-match|content-length|\
+                accept-encoding|accept-language|x-forwarded-for|content-encoding|\
+                transfer-encoding|if-modified-since|hosT|dat3|x-[a-z]{1,14})",
+            upper in proptest::collection::vec(any::<bool>(), 24),
+        ) {
+            prop_assert_eq!(field_name(&any_bytes), HeaderName::from_bytes(&any_bytes).ok());
+            let mixed: Vec<u8> = name
+                .bytes()
+                .zip(upper.iter().cycle())
+                .map(|(b, &u)| if u { b.to_ascii_uppercase() } else { b })
+                .collect();
+            let want = HeaderName::from_bytes(&mixed).ok();
+            prop_assert_eq!(field_name(&mixed), want.clone());
+            if let Some(n) = common_name(&mixed) {
+                prop_assert_eq!(Some(n), want);
+            }
+        }
+    }
+
+    #[test]
+    fn common_names_cover_every_entry_in_any_case() {
+        for n in [
+            "Host",
+            "DATE",
+            "ETag",
+            "Vary",
+            "Server",
+            "Accept",
+            "Cookie",
+            "Pragma",
+            "Referer",
+            "Expires",
+            "Upgrade",
+            "Location",
+            "If-Range",
+            "Connection",
+            "User-Agent",
+            "Set-Cookie",
+            "Keep-Alive",
+            "Content-Type",
+            "Cache-Control",
+            "Last-Modified",
+            "Accept-Ranges",
+            "If-None-Match",
+            "Content-Length",
+            "Accept-Encoding",
+            "Accept-Language",
+            "X-Forwarded-For",
+            "Content-Encoding",
+            "Transfer-Encoding",
+            "If-Modified-Since",
+        ] {
+            let got = common_name(n.as_bytes()).unwrap_or_else(|| panic!("{n} not covered"));
+            assert_eq!(got, HeaderName::from_bytes(n.as_bytes()).unwrap(), "{n}");
+            assert_eq!(got.as_str(), n.to_ascii_lowercase());
+        }
+        assert_eq!(common_name(b"x-custom"), None);
+        assert_eq!(common_name(b"hos t"), None);
     }
 
     fn taken(buf: &[u8], max: usize) -> Taken {

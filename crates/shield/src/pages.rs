@@ -2,8 +2,10 @@
 //! bytes, readable on a slow phone, in Russian, Kazakh and English at once (the shield does not
 //! know the reader's language when the origin is down, so it shows all three, shortest first).
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{Body, full};
 
@@ -18,8 +20,18 @@ const STATUSES: [StatusCode; 7] = [
     StatusCode::BAD_REQUEST,
 ];
 
+/// The shield's own response headers, named once (a `&str` name is parsed on every use).
+pub static X_QALQAN_DECISION: HeaderName = HeaderName::from_static("x-qalqan-decision");
+pub static X_QALQAN_REASON: HeaderName = HeaderName::from_static("x-qalqan-reason");
+pub static X_QALQAN_CACHE: HeaderName = HeaderName::from_static("x-qalqan-cache");
+
+/// How many distinct page heads (status, decision, wait) one thread keeps ready; the shield
+/// makes a handful, and anything past this is built each time rather than remembered.
+const HEAD_TEMPLATES: usize = 32;
+
 /// Builds a shield-made page with `Cache-Control: no-store` and the decision header. The body is
-/// rendered once per status and shared, so answering a flood with 429s allocates no HTML.
+/// rendered once per status and shared, and the head is cloned from a per-thread template, so
+/// answering a flood with 429s allocates no HTML and hashes no header names.
 pub fn page(
     status: StatusCode,
     decision: &'static str,
@@ -33,17 +45,56 @@ pub fn page(
         .map_or_else(|| render(status), |(_, b)| b.clone());
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
+    *resp.headers_mut() = page_head(status, decision, retry_after);
+    resp
+}
+
+/// The head every shield-made HTML page carries: HTML, never to be stored, and the decision,
+/// with room for `more` fields.
+pub fn shield_head(decision: &'static str, more: usize) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(3 + more);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-qalqan-decision", HeaderValue::from_static(decision));
-    if let Some(s) = retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
-    }
-    resp
+    h.insert(
+        X_QALQAN_DECISION.clone(),
+        HeaderValue::from_static(decision),
+    );
+    h
+}
+
+type HeadTemplate = (StatusCode, &'static str, Option<u64>, HeaderMap);
+
+thread_local! {
+    static HEADS: RefCell<Vec<HeadTemplate>> = const { RefCell::new(Vec::new()) };
+}
+
+fn page_head(status: StatusCode, decision: &'static str, retry_after: Option<u64>) -> HeaderMap {
+    let build = || {
+        let mut h = shield_head(decision, 1);
+        if let Some(s) = retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        h
+    };
+    HEADS.with(|heads| {
+        let Ok(mut heads) = heads.try_borrow_mut() else {
+            return build();
+        };
+        if let Some((.., h)) = heads
+            .iter()
+            .find(|(s, d, r, _)| *s == status && *d == decision && *r == retry_after)
+        {
+            return h.clone();
+        }
+        let h = build();
+        if heads.len() < HEAD_TEMPLATES {
+            heads.push((status, decision, retry_after, h.clone()));
+        }
+        h
+    })
 }
 
 /// The 429 a cleared reader gets when its origin budget on a challenging route (search) is spent
@@ -68,13 +119,11 @@ pub fn origin_budget(retry_after: u64) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let h = resp.headers_mut();
+    *h = shield_head("limited", 2);
     h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+        X_QALQAN_REASON.clone(),
+        HeaderValue::from_static("origin-budget"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-qalqan-decision", HeaderValue::from_static("limited"));
-    h.insert("x-qalqan-reason", HeaderValue::from_static("origin-budget"));
     h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     resp
 }

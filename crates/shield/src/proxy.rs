@@ -28,8 +28,9 @@ use crate::accesslog::Entry;
 use crate::body::{Body, BoxError, ChannelBody, Guarded, Prefixed, ReqBody, empty, full};
 use crate::config::{ChallengePolicy, FailMode};
 use crate::metrics::Decision;
-use crate::pages::page;
+use crate::pages::{X_QALQAN_CACHE, X_QALQAN_REASON, page};
 use crate::state::{Flight, FlightGuard, Outcome, RouteState, Runtime, Shared, flight, tag};
+use crate::upstream::UpstreamError;
 use tokio::sync::{mpsc, oneshot};
 
 /// What the connection knows about its client.
@@ -439,7 +440,7 @@ async fn serve(
         let m = &shared.metrics;
         if r.status() == StatusCode::SEE_OTHER {
             m.challenges_solved.fetch_add(1, Relaxed);
-        } else if r.headers().contains_key("x-qalqan-reason") {
+        } else if r.headers().contains_key(&X_QALQAN_REASON) {
             m.challenges_failed.fetch_add(1, Relaxed);
         }
         if suspicious {
@@ -772,7 +773,7 @@ fn cache_key_of<B>(route: &RouteState, req: &Request<B>, tls: bool) -> Option<St
             .map(|v| v.as_bytes()),
     );
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let key = qalqan_cache::key::cache_key(&Method::GET, &host, pq, ae, &route.key_rules)?;
+    let key = qalqan_cache::key::cache_key(&Method::GET, host, pq, ae, &route.key_rules)?;
     // The scheme is not part of the normalised key; an origin may answer http and https
     // differently (a redirect to https), so TLS listeners get their own key space.
     Some(if tls { format!("s:{key}") } else { key })
@@ -876,20 +877,20 @@ async fn fill(
             mark_pass(&shared, &to.key);
             let mut resp = resp;
             resp.headers_mut()
-                .insert("x-qalqan-cache", CacheStatus::Bypass.value());
+                .insert(X_QALQAN_CACHE.clone(), CacheStatus::Bypass.value());
             to.publish(Outcome::Unstorable);
             to.send(Head::Unstored(resp));
             return;
         }
     };
     let (mut parts, mut body) = resp.into_parts();
-    parts.headers.remove("x-qalqan-cache");
+    parts.headers.remove(&X_QALQAN_CACHE);
     let mut tx = None;
     if to.stream {
         let (btx, brx) = mpsc::channel(16);
         let mut p = parts.clone();
         p.headers
-            .insert("x-qalqan-cache", CacheStatus::Miss.value());
+            .insert(X_QALQAN_CACHE.clone(), CacheStatus::Miss.value());
         to.send(Head::Stream(Response::from_parts(
             p,
             ChannelBody::new(brx).boxed_unsync(),
@@ -962,7 +963,7 @@ async fn fill(
                         let rest = Prefixed::new(buf.freeze(), body).boxed_unsync();
                         parts
                             .headers
-                            .insert("x-qalqan-cache", CacheStatus::Bypass.value());
+                            .insert(X_QALQAN_CACHE.clone(), CacheStatus::Bypass.value());
                         to.send(Head::Unstored(Response::from_parts(parts, rest)));
                     }
                     return;
@@ -1150,7 +1151,7 @@ async fn pass(
         },
         Ok(mut r) => {
             r.headers_mut()
-                .insert("x-qalqan-cache", CacheStatus::Bypass.value());
+                .insert(X_QALQAN_CACHE.clone(), CacheStatus::Bypass.value());
             (r, Decision::Pass)
         }
         Err(OriginFail::Challenge) if for_challenge.is_some() => {
@@ -1228,11 +1229,11 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn host_of<B>(req: &Request<B>) -> Option<String> {
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
     if let Some(h) = req.headers().get(header::HOST) {
-        return h.to_str().ok().map(str::to_string);
+        return h.to_str().ok();
     }
-    req.uri().authority().map(|a| a.as_str().to_string())
+    req.uri().authority().map(|a| a.as_str())
 }
 
 /// A response built from a cached copy, or 304 when the client already has it.
@@ -1284,7 +1285,7 @@ fn from_cache(
         .unwrap_or(0);
     let age = initial.saturating_add(entry.age(now).as_secs());
     h.insert(header::AGE, HeaderValue::from(age));
-    h.insert("x-qalqan-cache", status.value());
+    h.insert(X_QALQAN_CACHE.clone(), status.value());
     resp
 }
 
@@ -1314,13 +1315,19 @@ fn upstream_request(
                 .map_err(|_| StatusCode::BAD_REQUEST)?,
         )
     };
-    let host = match (parts.headers.get(header::HOST), parts.uri.authority()) {
-        (Some(h), _) => h.clone(),
-        (None, Some(a)) => {
-            HeaderValue::from_str(a.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?
+    // One Host field stays as it is (usually no work); repeated ones become the first, and a
+    // request without one gets it from its target or the origin's address.
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next(), parts.uri.authority()) {
+        (Some(_), None, _) => None,
+        (Some(h), Some(_), _) => Some(h.clone()),
+        (None, _, Some(a)) => {
+            Some(HeaderValue::from_str(a.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?)
         }
-        (None, None) => HeaderValue::from_str(rt.config.origin.authority.as_str())
-            .map_err(|_| StatusCode::BAD_REQUEST)?,
+        (None, _, None) => Some(
+            HeaderValue::from_str(rt.config.origin.authority.as_str())
+                .map_err(|_| StatusCode::BAD_REQUEST)?,
+        ),
     };
     let client_version = parts.version;
     if let Some(uri) = uri {
@@ -1329,7 +1336,9 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     strip_hop_by_hop(h, upgrade);
-    h.insert(header::HOST, host);
+    if let Some(host) = host {
+        h.insert(header::HOST, host);
+    }
 
     // X-Forwarded-For: from a trusted peer, keep its chain and add the peer; otherwise the chain
     // starts here, so an origin that believes the header cannot be fooled by a spoofed one.
@@ -1349,7 +1358,6 @@ fn upstream_request(
     } else {
         client_value.clone()
     };
-    h.remove(&X_FORWARDED_FOR);
     // Other ways of naming the client or the original request are believed only from trusted
     // proxies too. (One pass over the names first: usually there is nothing to remove.)
     if !conn.peer_trusted
@@ -1365,8 +1373,14 @@ fn upstream_request(
         h.remove(&X_FORWARDED_PORT);
         h.remove(&X_FORWARDED_PROTO);
     }
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    // (Inserting replaces every field the client sent.)
+    match xff {
+        Some(v) => {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        None => {
+            h.remove(&X_FORWARDED_FOR);
+        }
     }
     if !(conn.peer_trusted && h.contains_key(&X_FORWARDED_PROTO)) {
         h.insert(
@@ -1446,12 +1460,23 @@ fn append_via(h: &mut HeaderMap, v: Version) {
         Version::HTTP_10 => "1.0 qalqan",
         _ => "1.1 qalqan",
     };
-    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {me}")).ok(),
-        None => Some(HeaderValue::from_static(me)),
-    };
-    if let Some(v) = value {
-        h.insert(header::VIA, v);
+    // One lookup: most messages carry no Via yet.
+    match h.entry(header::VIA) {
+        header::Entry::Vacant(e) => {
+            e.insert(HeaderValue::from_static(me));
+        }
+        header::Entry::Occupied(mut e) => {
+            // Every earlier hop, in order, then this one, as one field.
+            let mut joined = Vec::new();
+            for prev in e.iter() {
+                joined.extend_from_slice(prev.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(me.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                e.insert(v);
+            }
+        }
     }
 }
 
@@ -1507,13 +1532,15 @@ async fn call_origin(
     let m = &shared.metrics;
     m.origin_in_flight.fetch_add(1, Relaxed);
     let t0 = Instant::now();
-    let r = tokio::time::timeout(
-        rt.config.origin.response_timeout,
-        shared
-            .upstream
-            .request(&rt.config.origin.authority, req, upgrade),
-    )
-    .await;
+    let r = shared
+        .upstream
+        .request(
+            &rt.config.origin.authority,
+            req,
+            upgrade,
+            rt.config.origin.response_timeout,
+        )
+        .await;
     m.origin_in_flight.fetch_sub(1, Relaxed);
     // The adaptive limit learns from every answer: its time when the origin answered, an
     // overload when it failed, timed out or said 503.
@@ -1523,12 +1550,12 @@ async fn call_origin(
         }
     };
     let resp = match r {
-        Err(_) => {
+        Err(UpstreamError::Timeout) => {
             report(false);
             m.origin_error();
             return Err(OriginFail::Timeout);
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             if body_too_large(&e) {
                 return Err(OriginFail::Refused(StatusCode::PAYLOAD_TOO_LARGE));
             }
@@ -1537,7 +1564,7 @@ async fn call_origin(
             m.origin_error();
             return Err(OriginFail::Down);
         }
-        Ok(Ok(r)) => r,
+        Ok(r) => r,
     };
     report(resp.status() != StatusCode::SERVICE_UNAVAILABLE);
     m.origin_latency(t0.elapsed());

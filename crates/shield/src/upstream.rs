@@ -46,7 +46,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -56,7 +56,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::h1::head_may_end;
+use crate::h1::{field_name, head_may_end};
 
 /// Largest response head (status line and header fields) accepted from the origin.
 const MAX_HEAD: usize = 64 * 1024;
@@ -91,6 +91,8 @@ pub enum UpstreamError {
     Io(io::Error),
     /// The origin's response head broke HTTP/1.1 or the shield's limits (own path).
     Protocol(&'static str),
+    /// No response head within the response timeout (connecting included).
+    Timeout,
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -100,6 +102,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Http(e) => write!(f, "origin connection: {e}"),
             UpstreamError::Io(e) => write!(f, "origin connection: {e}"),
             UpstreamError::Protocol(m) => write!(f, "origin response: {m}"),
+            UpstreamError::Timeout => write!(f, "no response head from the origin in time"),
         }
     }
 }
@@ -110,7 +113,7 @@ impl std::error::Error for UpstreamError {
             UpstreamError::Connect(e) => Some(e),
             UpstreamError::Http(e) => Some(e),
             UpstreamError::Io(e) => Some(e),
-            UpstreamError::Protocol(_) => None,
+            UpstreamError::Protocol(_) | UpstreamError::Timeout => None,
         }
     }
 }
@@ -335,15 +338,21 @@ impl Upstream {
         authority: &http::uri::Authority,
         req: Request<Body>,
         upgrade: bool,
+        timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         if !upgrade && own_path(&req) {
             // The body is empty; it is dropped here.
             let (parts, _) = req.into_parts();
-            return self.request_own(authority, &parts).await;
+            return self.request_own(authority, &parts, timeout).await;
         }
         // Boxed: the rarer path's larger future would otherwise size (and be copied with) every
         // request's future.
-        Box::pin(self.request_hyper(authority, req, upgrade)).await
+        tokio::time::timeout(
+            timeout,
+            Box::pin(self.request_hyper(authority, req, upgrade)),
+        )
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout))
     }
 
     async fn request_hyper(
@@ -393,8 +402,10 @@ impl Upstream {
         self: &Arc<Self>,
         authority: &http::uri::Authority,
         parts: &http::request::Parts,
+        timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let head_only = parts.method == Method::HEAD;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut retried = false;
         loop {
             // The retry goes to a new connection: the origin may have closed all idle ones.
@@ -405,17 +416,13 @@ impl Upstream {
             };
             let (mut conn, reused) = match idle {
                 Some(c) => (c, true),
-                None => (Conn::new(self.open(authority).await?), false),
+                None => match tokio::time::timeout_at(deadline, self.open(authority)).await {
+                    Ok(stream) => (Conn::new(stream?), false),
+                    Err(_) => return Err(UpstreamError::Timeout),
+                },
             };
             let close = conn.encode(parts);
-            if let Err(e) = conn.stream.write_all(&conn.wbuf).await {
-                if reused && !retried {
-                    retried = true;
-                    continue;
-                }
-                return Err(UpstreamError::Io(e));
-            }
-            let head = match conn.read_head(head_only, close).await {
+            let head = match conn.exchange(head_only, close, deadline).await {
                 Ok(h) => h,
                 Err(HeadError::Nothing(e)) => {
                     if reused && !retried {
@@ -478,6 +485,15 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether a Connection value lists nothing but `keep-alive` and `close` (names of no field that
+/// is not hop-by-hop anyway).
+fn only_connection_state(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
 }
 
 /// Adds the values of one Content-Length field line to `seen`: a list of identical decimal
@@ -549,6 +565,11 @@ struct Conn {
     /// Where each field of the response head lies (scratch space kept between responses, so a
     /// response costs no zeroed array of 100 slots; at most 100 entries).
     spans: Vec<(u32, u32, u32, u32)>,
+    /// The response timeout's timer, kept with the connection and moved to each request's
+    /// deadline: a later deadline only updates the registered entry (an atomic store), where a
+    /// timer per request would enter and leave the runtime's timer wheel every time. Made on
+    /// first use; out of the connection while a request uses it.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -558,7 +579,42 @@ impl Conn {
             rbuf: BytesMut::with_capacity(READ_BUF),
             wbuf: Vec::new(),
             spans: Vec::new(),
+            timer: None,
         }
+    }
+
+    /// Sends the request head in `wbuf` and reads the response head, by `deadline`.
+    async fn exchange(
+        &mut self,
+        head_only: bool,
+        close: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Head, HeadError> {
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let r = {
+            let mut work = std::pin::pin!(async {
+                if let Err(e) = self.stream.write_all(&self.wbuf).await {
+                    return Err(HeadError::Nothing(e));
+                }
+                self.read_head(head_only, close).await
+            });
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Err(HeadError::Fail(UpstreamError::Timeout)))
+            })
+            .await
+        };
+        self.timer = Some(timer);
+        r
     }
 
     /// Whether an idle connection still looks usable: not closed by the origin, and nothing
@@ -762,18 +818,28 @@ impl Conn {
         // Room for what the shield adds (via, x-qalqan-cache, ...) without growing the map.
         let mut headers = HeaderMap::with_capacity(count + 4);
         let mut length = None;
+        // Whether the Content-Length fields, as received, are one field already in plain form.
+        let mut length_fields = 0u32;
+        let mut length_plain = true;
         let mut te = false;
         let mut chunked = false;
         let mut close = req_close;
         for &(ns, nl, vs, vl) in spans.iter().take(count) {
-            let name = slice(ns, nl)
-                .and_then(|n| HeaderName::from_bytes(&n).ok())
+            // A name is parsed from the bytes (standard names need no copy of them); a value
+            // shares the head's buffer.
+            let name = (ns as usize)
+                .checked_add(nl as usize)
+                .and_then(|end| head.get(ns as usize..end))
+                .and_then(field_name)
                 .ok_or(UpstreamError::Protocol("invalid header name"))?;
             let value = slice(vs, vl)
                 .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
                 .ok_or(UpstreamError::Protocol("invalid header value"))?;
             if name == header::CONTENT_LENGTH {
                 content_length(value.as_bytes(), &mut length).map_err(UpstreamError::Protocol)?;
+                length_fields += 1;
+                length_plain &= length
+                    .is_some_and(|n| itoa::Buffer::new().format(n).as_bytes() == value.as_bytes());
             } else if name == header::TRANSFER_ENCODING {
                 te = true;
                 // The last coding decides: only a final `chunked` delimits the body.
@@ -785,8 +851,14 @@ impl Conn {
                 {
                     chunked = last.eq_ignore_ascii_case(b"chunked");
                 }
-            } else if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
-                close = true;
+            } else if name == header::CONNECTION {
+                close |= has_token(value.as_bytes(), b"close");
+                // A Connection field naming only this connection's state (`keep-alive`,
+                // `close`) is hop-by-hop and names no other field: dropped here rather than
+                // stored to be stripped again. One naming fields stays for the stripping.
+                if only_connection_state(value.as_bytes()) {
+                    continue;
+                }
             }
             headers.append(name, value);
         }
@@ -815,7 +887,9 @@ impl Conn {
         } else {
             // One plain value, however the origin listed it (`5, 5`, or two identical fields):
             // hyper's encoder refuses a repeated field after a hand-off.
-            if let Some(n) = length {
+            if let Some(n) = length
+                && (length_fields > 1 || !length_plain)
+            {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
             match length {
@@ -1422,9 +1496,12 @@ mod tests {
         o: &Origin,
         r: Request<Body>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        tokio::time::timeout(Duration::from_secs(5), up.request(&o.authority(), r, false))
-            .await
-            .expect("request timed out")
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            up.request(&o.authority(), r, false, Duration::from_secs(5)),
+        )
+        .await
+        .expect("request timed out")
     }
 
     /// The whole body, or its error.
@@ -1639,6 +1716,65 @@ mod tests {
         assert_eq!(up.idle(), 1);
     }
 
+    async fn send_within(
+        up: &Arc<Upstream>,
+        o: &Origin,
+        r: Request<Body>,
+        timeout: Duration,
+    ) -> (Result<Response<PooledBody>, UpstreamError>, Duration) {
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            up.request(&o.authority(), r, false, timeout),
+        )
+        .await
+        .expect("the response timeout did not end the request");
+        (r, t0.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_silent_origin_times_out_at_the_deadline() {
+        let o = Origin::start(vec![vec![Read]]).await;
+        let (r, took) = send_within(&pool(), &o, get("/"), Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(UpstreamError::Timeout)), "{:?}", r.err());
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+    }
+
+    /// The connection keeps its timer between requests: moved earlier, later, or after it fired
+    /// while the connection was idle, it must end each request at that request's deadline.
+    #[tokio::test]
+    async fn a_reused_connection_times_out_at_each_requests_own_deadline() {
+        let ms = Duration::from_millis;
+        // (the first request's timeout, idle time between, the second's timeout, what the
+        // second must take at least, and at most)
+        for (first, idle, second, least, most) in [
+            // Earlier: the timer is at +10 s after the first; the second must end at +200 ms.
+            (ms(10_000), ms(0), ms(200), ms(190), ms(5_000)),
+            // Later: moved from +300 ms to +700 ms, it must not fire at +300 ms.
+            (ms(300), ms(0), ms(700), ms(650), ms(5_000)),
+            // After firing: the first deadline passes while the connection is idle.
+            (ms(100), ms(300), ms(300), ms(290), ms(5_000)),
+        ] {
+            let o = Origin::start(vec![vec![Read, w(OK5), Read]]).await;
+            let up = pool();
+            let (r, _) = send_within(&up, &o, get("/"), first).await;
+            let body = read_body(r.expect("first response").into_body()).await;
+            assert_eq!(body.unwrap(), "hello");
+            tokio::time::sleep(idle).await;
+            let (r, took) = send_within(&up, &o, get("/"), second).await;
+            assert!(matches!(r, Err(UpstreamError::Timeout)), "{:?}", r.err());
+            assert!(
+                least <= took && took <= most,
+                "{first:?} then {second:?}: {took:?}"
+            );
+            assert_eq!(
+                o.accepted(),
+                1,
+                "the second request used the pooled connection"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn connection_close_response_is_not_reused() {
         let o = Origin::start(vec![
@@ -1651,11 +1787,25 @@ mod tests {
         .await;
         let up = pool();
         let r = send(&up, &o, get("/")).await.unwrap();
-        assert_eq!(r.headers()[header::CONNECTION], "close");
+        // Hop-by-hop and naming no other field: not passed on.
+        assert!(r.headers().get(header::CONNECTION).is_none());
         assert_eq!(read_body(r.into_body()).await.unwrap(), "hello");
         assert_eq!(up.idle(), 0);
         assert_eq!(fetch(&up, &o, get("/")).await.1, "hello");
         assert_eq!(o.accepted(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_field_naming_other_fields_is_kept_for_the_stripping() {
+        let o = Origin::start(vec![vec![
+            Read,
+            w("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nContent-Length: 5\r\n\r\nhello"),
+        ]])
+        .await;
+        let r = send(&pool(), &o, get("/")).await.unwrap();
+        assert_eq!(r.headers()[header::CONNECTION], "keep-alive, X-Hop");
+        assert_eq!(r.headers()["x-hop"], "1");
+        assert_eq!(read_body(r.into_body()).await.unwrap(), "hello");
     }
 
     #[tokio::test]
