@@ -115,7 +115,7 @@ where
             if !buf.is_empty() && !armed {
                 deadline
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + limits.header_read_timeout);
+                    .reset(deadline_in(limits.header_read_timeout));
                 armed = true;
             }
             if buf.capacity() - buf.len() < 1024 {
@@ -179,6 +179,14 @@ where
             return Outcome::Done;
         }
     }
+}
+
+/// The instant `d` from now; a duration too long for the clock (a configured timeout of
+/// centuries) gives a deadline about 30 years away, as tokio's own `sleep` does, not a panic.
+pub(crate) fn deadline_in(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// A field name the shield meets on most messages, found by its length and compared as whole

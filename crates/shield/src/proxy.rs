@@ -1431,10 +1431,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             if keep_upgrade && t.eq_ignore_ascii_case(b"upgrade") {
                 continue;
             }
-            if let Some(k) = h
-                .keys()
-                .find(|k| !is_hop_by_hop(k) && k.as_str().as_bytes().eq_ignore_ascii_case(t))
-            {
+            if let Some(k) = h.keys().find(|k| {
+                // Host is end to end whatever Connection says: a request stripped of it
+                // would reach the origin's default site.
+                !is_hop_by_hop(k)
+                    && *k != header::HOST
+                    && k.as_str().as_bytes().eq_ignore_ascii_case(t)
+            }) {
                 doomed.push(k.clone());
             }
         }

@@ -56,7 +56,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::h1::{field_name, head_may_end};
+use crate::h1::{deadline_in, field_name, head_may_end};
 
 /// Largest response head (status line and header fields) accepted from the origin.
 const MAX_HEAD: usize = 64 * 1024;
@@ -405,7 +405,7 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let head_only = parts.method == Method::HEAD;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         let mut retried = false;
         loop {
             // The retry goes to a new connection: the origin may have closed all idle ones.
@@ -1738,6 +1738,16 @@ mod tests {
         let (r, took) = send_within(&pool(), &o, get("/"), Duration::from_millis(200)).await;
         assert!(matches!(r, Err(UpstreamError::Timeout)), "{:?}", r.err());
         assert!(took >= Duration::from_millis(190), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_too_long_for_the_clock_is_no_panic() {
+        let o = Origin::start(vec![vec![Read, w(OK5)]]).await;
+        let (r, _) = send_within(&pool(), &o, get("/"), Duration::MAX).await;
+        assert_eq!(
+            read_body(r.expect("response").into_body()).await.unwrap(),
+            "hello"
+        );
     }
 
     /// The connection keeps its timer between requests: moved earlier, later, or after it fired

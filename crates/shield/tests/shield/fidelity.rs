@@ -141,15 +141,28 @@ async fn absolute_form_target_reaches_origin_in_origin_form() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_host_fields_reach_the_origin_as_the_first_one() {
+async fn the_origin_gets_exactly_one_host() {
     let origin = Origin::simple(None).await;
     let sh = shield_apart(&origin, "").await;
-    // Two Host lines must not both reach the origin (one part of a chain could route by one,
-    // another by the other); the origin gets the first.
-    let req = "GET /h HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n";
-    let resp = parse_wire(&raw(sh.listen[0], req.as_bytes(), WAIT).await, false);
-    assert_eq!(resp.status, 200);
-    assert_eq!(seen_all(&origin.last(), "host"), ["a.example"]);
+    for (fields, why) in [
+        // Two Host lines must not both reach the origin (one part of a chain could route by
+        // one, another by the other); the origin gets the first.
+        (
+            "Host: a.example\r\nHost: b.example\r\nConnection: close",
+            "repeated Host",
+        ),
+        // Fields named in Connection are dropped on the way, but not Host: without it the
+        // origin would serve its default site (and that copy could be cached under this key).
+        (
+            "Host: a.example\r\nConnection: host, close",
+            "Connection naming Host",
+        ),
+    ] {
+        let req = format!("GET /h HTTP/1.1\r\n{fields}\r\n\r\n");
+        let resp = parse_wire(&raw(sh.listen[0], req.as_bytes(), WAIT).await, false);
+        assert_eq!(resp.status, 200, "{why}");
+        assert_eq!(seen_all(&origin.last(), "host"), ["a.example"], "{why}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
