@@ -9,7 +9,8 @@
 #   bench/callgrind.sh              cache miss (proxy_pass) and drop path (429), both peers
 #
 # Environment: QALQAN_BIN=PATH (default target/release/qalqan, built when missing),
-# SECONDS_PER_RUN=N (default 8). Installs valgrind, nginx and wrk with apt-get when missing.
+# SECONDS_PER_RUN=N (default 8), KEEP=DIR (copy the profiles there for callgrind_annotate).
+# Installs valgrind, nginx and wrk with apt-get when missing.
 # Every load run targets 127.0.0.1 only and is bounded by wrk's -d.
 
 set -euo pipefail
@@ -103,6 +104,10 @@ measure() {
   # The dump made on request holds the counts since the reset; nginx may write more than one.
   total=$(for f in "$out".*; do callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}'; done | sort -n | tail -1)
   printf '%-28s %9d requests  %7d instructions per request\n' "$label" "$n" $((total / n))
+  if [[ -n ${KEEP:-} ]]; then
+    mkdir -p "$KEEP"
+    cp "$out".* "$KEEP/"
+  fi
 }
 
 for scen in miss drop; do

@@ -56,11 +56,13 @@ pub struct RateSketch {
     /// Readers treat it like a sequence lock: a value seen before and after a read,
     /// even and unchanged, means no rotation touched the counters in between.
     state: AtomicU64,
-    /// Both banks interleaved: the counter for (row, col, bank) is at
-    /// `((row * cols + col) << 1) | bank`, so the current and previous counters of a
+    /// Both banks side by side: the counters for (row, col) are the pair at
+    /// `row * cols + col`, indexed by bank, so the current and previous counters of a
     /// cell share a cache line and an update touches `rows` lines, not `2 * rows`.
-    counters: Box<[AtomicU32]>,
+    counters: Box<[[AtomicU32; 2]]>,
     window_ms: u64,
+    /// `window_ms` as a float, for the weight of the previous window.
+    window_f64: f64,
     rows: usize,
     /// log2 of the number of columns.
     col_bits: u32,
@@ -74,6 +76,9 @@ impl RateSketch {
     pub const MIN_COLS: usize = 64;
     /// Most columns per row (2^24): 8 rows of this size already hold 1 GiB.
     pub const MAX_COLS: usize = 1 << 24;
+    /// Longest window (2^52 ms, 140,000 years): every time within a window is then
+    /// exact as an `f64`.
+    pub const MAX_WINDOW_MS: u64 = 1 << 52;
 
     /// `window_ms`: length of one window; `rows`: number of hash rows (1..=8);
     /// `cols`: columns per row, rounded up to a power of two (min 64).
@@ -90,11 +95,15 @@ impl RateSketch {
         let cols = cols
             .clamp(Self::MIN_COLS, Self::MAX_COLS)
             .next_power_of_two();
-        let counters = (0..2 * rows * cols).map(|_| AtomicU32::new(0)).collect();
+        let counters = (0..rows * cols)
+            .map(|_| [AtomicU32::new(0), AtomicU32::new(0)])
+            .collect();
+        let window_ms = window_ms.clamp(1, Self::MAX_WINDOW_MS);
         Self {
             state: AtomicU64::new(0),
             counters,
-            window_ms: window_ms.max(1),
+            window_ms,
+            window_f64: window_ms as f64,
             rows,
             col_bits: cols.trailing_zeros(),
         }
@@ -117,7 +126,7 @@ impl RateSketch {
 
     /// Bytes of counter memory held (constant after construction).
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val::<[AtomicU32]>(&self.counters)
+        std::mem::size_of_val::<[[AtomicU32; 2]]>(&self.counters)
     }
 
     /// Adds 1 event for `key` (already hashed) at time `now_ms` (caller's monotonic
@@ -127,10 +136,8 @@ impl RateSketch {
     pub fn observe(&self, key: u64, now_ms: u64) -> f64 {
         let state = self.enter_window(self.window_of(now_ms));
         let epoch = state >> 1;
-        let cells = self.cells(key);
         let bank = (epoch & 1) as usize;
-        let current = self.increment(&cells, bank);
-        let previous = self.min_count(&cells, bank ^ 1);
+        let (current, previous) = self.increment(key, bank);
 
         // A rotation that started after `enter_window` (another thread's clock
         // already in the next window) may have cleared or repurposed the banks we
@@ -187,9 +194,10 @@ impl RateSketch {
     fn combine(&self, current: u32, previous: u32, epoch: u64, now_ms: u64) -> f64 {
         let start = epoch.saturating_mul(self.window_ms);
         // A time before the window's start (a lagging thread's clock) counts as the
-        // very start of the window.
-        let elapsed = now_ms.saturating_sub(start).min(self.window_ms);
-        let remaining = 1.0 - elapsed as f64 / self.window_ms as f64;
+        // very start of the window. (`window_ms` is at most 2^52, so the conversions
+        // below are exact; signed ones are a single instruction, unsigned ones are not.)
+        let elapsed = now_ms.saturating_sub(start).min(self.window_ms) as i64;
+        let remaining = 1.0 - elapsed as f64 / self.window_f64;
         f64::from(current) + f64::from(previous) * remaining
     }
 
@@ -238,13 +246,12 @@ impl RateSketch {
     }
 
     fn clear_bank(&self, bank: usize) {
-        for counter in self.counters.iter().skip(bank).step_by(2) {
-            counter.store(0, Ordering::Relaxed);
+        for pair in &self.counters {
+            pair[bank & 1].store(0, Ordering::Relaxed);
         }
     }
 
-    /// For each row, the index of the key's bank-0 counter; OR in the bank number
-    /// (0 or 1) to get that bank's counter.
+    /// For each row, the index of the key's counter pair.
     fn cells(&self, key: u64) -> [usize; Self::MAX_ROWS] {
         let mask = (1u64 << self.col_bits) - 1;
         let mut cells = [0; Self::MAX_ROWS];
@@ -252,8 +259,7 @@ impl RateSketch {
             // A different odd offset per row, then a full mix: the rows behave as
             // independent hash functions of the (already keyed) key.
             let h = mix64(key.wrapping_add((row as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-            let col = (h & mask) as usize;
-            *cell = ((row << self.col_bits) | col) << 1;
+            *cell = (row << self.col_bits) | (h & mask) as usize;
         }
         cells
     }
@@ -261,7 +267,8 @@ impl RateSketch {
     fn min_count(&self, cells: &[usize; Self::MAX_ROWS], bank: usize) -> u32 {
         cells[..self.rows]
             .iter()
-            .map(|&cell| self.counters[cell | bank].load(Ordering::Relaxed))
+            .filter_map(|&cell| self.counters.get(cell))
+            .map(|pair| pair[bank & 1].load(Ordering::Relaxed))
             .min()
             .unwrap_or(0)
     }
@@ -286,41 +293,71 @@ impl RateSketch {
     /// Under heavy contention on one key (the usual flood: one address, many
     /// threads) the loop could go on retrying, so after a few rounds it gives up on
     /// being conservative and adds 1 to every counter, which is always sound.
-    fn increment(&self, cells: &[usize; Self::MAX_ROWS], bank: usize) -> u32 {
+    fn increment(&self, key: u64, bank: usize) -> (u32, u32) {
+        // One copy per row count, so that each has its loops unrolled and its arrays
+        // sized exactly: this runs for every request, more than once.
+        match self.rows {
+            1 => self.increment_rows::<1>(key, bank),
+            2 => self.increment_rows::<2>(key, bank),
+            3 => self.increment_rows::<3>(key, bank),
+            4 => self.increment_rows::<4>(key, bank),
+            5 => self.increment_rows::<5>(key, bank),
+            6 => self.increment_rows::<6>(key, bank),
+            7 => self.increment_rows::<7>(key, bank),
+            _ => self.increment_rows::<8>(key, bank),
+        }
+    }
+
+    /// [`increment`](Self::increment) for a sketch of `R` rows.
+    fn increment_rows<const R: usize>(&self, key: u64, bank: usize) -> (u32, u32) {
         const CONSERVATIVE_ATTEMPTS: usize = 4;
-        let cells = &cells[..self.rows];
-        let mut seen = [0u32; Self::MAX_ROWS];
+        let (bank, other) = (bank & 1, (bank & 1) ^ 1);
+        let mask = (1usize << self.col_bits) - 1;
+        let last = self.counters.len().saturating_sub(1);
+        // The key's counter pair in each row. (An index is always in range; the `min`
+        // keeps a mistake there from becoming a panic.)
+        let pairs: [&[AtomicU32; 2]; R] = std::array::from_fn(|row| {
+            let h = mix64(key.wrapping_add((row as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            &self.counters[((row << self.col_bits) | (h as usize & mask)).min(last)]
+        });
+        // The previous window's counters share a cache line with the current ones and
+        // change only in a rotation (which the caller checks for): read once, here.
+        let mut previous = u32::MAX;
+        for p in &pairs {
+            previous = previous.min(p[other].load(Ordering::Relaxed));
+        }
         'attempt: for _ in 0..CONSERVATIVE_ATTEMPTS {
+            let seen: [u32; R] =
+                std::array::from_fn(|row| pairs[row][bank].load(Ordering::Relaxed));
             let mut min = u32::MAX;
-            for (value, &cell) in seen.iter_mut().zip(cells) {
-                *value = self.counters[cell | bank].load(Ordering::Relaxed);
-                min = min.min(*value);
+            for &v in &seen {
+                min = min.min(v);
             }
             if min == u32::MAX {
                 // Saturated: four billion events in one window. Stay there.
-                return min;
+                return (min, previous);
             }
-            for (&value, &cell) in seen.iter().zip(cells) {
-                if value == min
-                    && self.counters[cell | bank]
-                        .compare_exchange(value, min + 1, Ordering::Relaxed, Ordering::Relaxed)
+            for row in 0..R {
+                if seen[row] == min
+                    && pairs[row][bank]
+                        .compare_exchange(min, min + 1, Ordering::Relaxed, Ordering::Relaxed)
                         .is_err()
                 {
                     continue 'attempt;
                 }
             }
-            return min + 1;
+            return (min + 1, previous);
         }
         let mut min = u32::MAX;
-        for &cell in cells {
-            let before = self.counters[cell | bank]
+        for p in &pairs {
+            let before = p[bank]
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                     Some(v.saturating_add(1))
                 })
                 .unwrap_or_else(|v| v);
             min = min.min(before.saturating_add(1));
         }
-        min
+        (min, previous)
     }
 }
 
@@ -437,8 +474,8 @@ mod tests {
     fn counters_saturate() {
         let s = RateSketch::new(1000, 2, 64);
         // Bank 0 holds window 0; leave the previous window's bank empty.
-        for counter in s.counters.iter().step_by(2) {
-            counter.store(u32::MAX - 1, Ordering::Relaxed);
+        for pair in s.counters.iter() {
+            pair[0].store(u32::MAX - 1, Ordering::Relaxed);
         }
         assert_close(s.observe(1, 0), f64::from(u32::MAX));
         assert_close(s.observe(1, 0), f64::from(u32::MAX));

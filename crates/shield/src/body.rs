@@ -11,21 +11,145 @@ use http_body_util::combinators::UnsyncBoxBody;
 /// Errors inside a body stream (origin reset, size limit).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Every response and forwarded request body.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// Every response and forwarded request body: bytes that live as long as the process (the
+/// shield's own pages, rendered once; nothing at all), or any other body, boxed. Answering a
+/// flood with 429s then allocates no box per request.
+///
+/// It is as small as a box (16 bytes, checked below): a `Response` of it stays within the
+/// 128 bytes the compiler still moves with a few register stores rather than a `memcpy` call,
+/// and responses are moved often on the way out.
+pub struct Body(Kind);
+
+enum Kind {
+    /// Bytes sent as one frame; `NOTHING` once sent, or when there were none.
+    Fixed(&'static Fixed),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+/// Bytes that live as long as the process (a page rendered once), and, for a shield page, the
+/// head fields that go with them.
+pub struct Fixed {
+    pub body: Bytes,
+    pub head: Option<FixedHead>,
+}
+
+/// A shield page's own head fields: as a map, and encoded once as HTTP/1.1 field lines
+/// (`name: value\r\n` each) for the shield's own writer. They are not in the response's header
+/// map (building and dropping that map per 429 costs more than the rest of the answer): the
+/// HTTP/1.1 writer writes `encoded`, and responses handed to hyper get `fields` added first
+/// (`with_fixed_head`). Fields the handler adds to the response's map come after them, and must
+/// not repeat them.
+pub struct FixedHead {
+    pub fields: http::HeaderMap,
+    pub encoded: Box<[u8]>,
+}
+
+static NOTHING: Fixed = Fixed {
+    body: Bytes::new(),
+    head: None,
+};
+
+const _: () = assert!(std::mem::size_of::<Body>() == 16);
+
+impl Body {
+    /// Any other body, boxed.
+    pub fn boxed<B>(body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Body(Kind::Boxed(body.map_err(Into::into).boxed_unsync()))
+    }
+
+    /// Bytes that live as long as the process (a page rendered once), sent without a copy.
+    pub fn fixed(b: &'static Fixed) -> Body {
+        Body(Kind::Fixed(b))
+    }
+
+    /// The head fields of a shield page not yet in its response's map (see [`FixedHead`]).
+    pub fn fixed_head(&self) -> Option<&'static FixedHead> {
+        match self.0 {
+            Kind::Fixed(f) => f.head.as_ref(),
+            Kind::Boxed(_) => None,
+        }
+    }
+}
+
+/// `resp` with a shield page's own head fields in its map, for every writer but the shield's
+/// own HTTP/1.1 one.
+pub fn with_fixed_head(mut resp: http::Response<Body>) -> http::Response<Body> {
+    if let Some(h) = resp.body().fixed_head() {
+        let map = resp.headers_mut();
+        let added = std::mem::replace(map, h.fields.clone());
+        // (The iterator names a field only at the first of its values.)
+        let mut last = None;
+        for (name, value) in added {
+            if name.is_some() {
+                last = name;
+            }
+            if let Some(name) = &last {
+                map.append(name.clone(), value);
+            }
+        }
+    }
+    resp
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        empty()
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Fixed(_) => "Body::Fixed",
+            Kind::Boxed(_) => "Body::Boxed",
+        })
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Fixed(f) => {
+                let out = std::mem::replace(f, &NOTHING);
+                Poll::Ready((!out.body.is_empty()).then(|| Ok(Frame::data(out.body.clone()))))
+            }
+            Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Fixed(f) => f.body.is_empty(),
+            Kind::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Fixed(f) => SizeHint::with_exact(f.body.len() as u64),
+            Kind::Boxed(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A complete body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Body::boxed(http_body_util::Full::new(b.into()))
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Body(Kind::Fixed(&NOTHING))
 }
 
 /// A body that holds a guard (an origin concurrency permit, a connection slot) until the stream

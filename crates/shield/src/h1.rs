@@ -4,7 +4,7 @@
 //! Why: on the cache-miss and 429 paths hyper's server dispatcher (its per-request timer, body
 //! channel and state machine) cost more than the shield's whole decision. This loop parses a
 //! head with `httparse` (the parser hyper uses), builds the `Request` from slices of the read
-//! buffer without copying, calls `proxy::handle`, and writes the response head and the first
+//! buffer without copying, calls `proxy::handle` (in its steps), and writes the response head and the first
 //! body frame with one vectored write.
 //!
 //! Hand-off: the first request this loop does not take (a body, `Expect`, an upgrade,
@@ -41,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::body::{Body, ReqBody};
-use crate::proxy::{ConnInfo, handle};
+use crate::proxy::{Begun, ConnInfo};
 use crate::state::Shared;
 
 /// hyper's own limit on request header fields, kept so both readers agree.
@@ -151,10 +151,14 @@ where
         let method = req.method().clone();
         let resp = {
             let _busy = crate::server::Busy::enter(busy.clone());
-            match handle(shared.clone(), conn.clone(), req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
-            }
+            // `proxy::handle` in its three steps, so that the future of `serve` is moved into
+            // this loop's state directly rather than inside another layer.
+            let rt = shared.runtime.load_full();
+            let begun = Begun::new(shared, &rt, conn, &req);
+            let (resp, decision) =
+                crate::proxy::serve(shared, &rt, conn, begun.route, begun.client, req).await;
+            begun.finish(shared, &resp, decision);
+            resp
         };
 
         // 3. The response. A shutdown that began meanwhile closes the connection after it, and
@@ -570,6 +574,10 @@ fn encode_head(
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // A shield page's own fields, encoded once (see `body::FixedHead`).
+    if let Some(h) = body.fixed_head() {
+        out.extend_from_slice(&h.encoded);
     }
     let head_req = method == Method::HEAD;
     let no_content = status.is_informational()
@@ -987,7 +995,7 @@ mod tests {
         // Unknown length: chunked.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         drop(tx);
-        let stream = crate::body::ChannelBody::new(rx).boxed_unsync();
+        let stream = Body::boxed(crate::body::ChannelBody::new(rx));
         let h = head_of(Method::GET, 502, &[], stream);
         assert!(
             h.starts_with("Chunked|HTTP/1.1 502 Bad Gateway\r\ntransfer-encoding: chunked\r\n"),

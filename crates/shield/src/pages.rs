@@ -3,49 +3,44 @@
 //! know the reader's language when the origin is down, so it shows all three, shortest first).
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
-use crate::body::{Body, full};
-
-/// Statuses the shield answers with itself; their pages are rendered once.
-const STATUSES: [StatusCode; 7] = [
-    StatusCode::TOO_MANY_REQUESTS,
-    StatusCode::FORBIDDEN,
-    StatusCode::SERVICE_UNAVAILABLE,
-    StatusCode::GATEWAY_TIMEOUT,
-    StatusCode::BAD_GATEWAY,
-    StatusCode::PAYLOAD_TOO_LARGE,
-    StatusCode::BAD_REQUEST,
-];
+use crate::body::{Body, Fixed, FixedHead, full};
 
 /// The shield's own response headers, named once (a `&str` name is parsed on every use).
 pub static X_QALQAN_DECISION: HeaderName = HeaderName::from_static("x-qalqan-decision");
 pub static X_QALQAN_REASON: HeaderName = HeaderName::from_static("x-qalqan-reason");
 pub static X_QALQAN_CACHE: HeaderName = HeaderName::from_static("x-qalqan-cache");
 
-/// How many distinct page heads (status, decision, wait) one thread keeps ready; the shield
-/// makes a handful, and anything past this is built each time rather than remembered.
-const HEAD_TEMPLATES: usize = 32;
+/// Most distinct pages (status, decision, wait) kept for the life of the process. The shield
+/// makes about a dozen, all from constants; past this one is built for each answer instead.
+const PAGES: usize = 32;
 
-/// Builds a shield-made page with `Cache-Control: no-store` and the decision header. The body is
-/// rendered once per status and shared, and the head is cloned from a per-thread template, so
-/// answering a flood with 429s allocates no HTML and hashes no header names.
+/// Builds a shield-made page with `Cache-Control: no-store` and the decision header. Each
+/// distinct page is rendered once, body and head, and kept for the life of the process (see
+/// [`FixedHead`]), so answering a flood with 429s allocates nothing and builds no header map.
 pub fn page(
     status: StatusCode,
     decision: &'static str,
     retry_after: Option<u64>,
 ) -> Response<Body> {
-    static RENDERED: std::sync::OnceLock<Vec<(StatusCode, Bytes)>> = std::sync::OnceLock::new();
-    let rendered = RENDERED.get_or_init(|| STATUSES.iter().map(|s| (*s, render(*s))).collect());
-    let body = rendered
-        .iter()
-        .find(|(s, _)| *s == status)
-        .map_or_else(|| render(status), |(_, b)| b.clone());
-    let mut resp = Response::new(full(body));
+    let body = match fixed_page(status, decision, retry_after) {
+        Some(f) => Body::fixed(f),
+        None => {
+            let f = render_page(status, decision, retry_after);
+            let mut resp = Response::new(full(f.body));
+            *resp.status_mut() = status;
+            if let Some(h) = f.head {
+                *resp.headers_mut() = h.fields;
+            }
+            return resp;
+        }
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    *resp.headers_mut() = page_head(status, decision, retry_after);
     resp
 }
 
@@ -65,46 +60,78 @@ pub fn shield_head(decision: &'static str, more: usize) -> HeaderMap {
     h
 }
 
-type HeadTemplate = (StatusCode, &'static str, Option<u64>, HeaderMap);
+type PageKey = (StatusCode, &'static str, Option<u64>);
 
 thread_local! {
-    static HEADS: RefCell<Vec<HeadTemplate>> = const { RefCell::new(Vec::new()) };
+    /// This thread's view of `ALL`, read without a lock.
+    static SEEN: RefCell<Vec<(PageKey, &'static Fixed)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn page_head(status: StatusCode, decision: &'static str, retry_after: Option<u64>) -> HeaderMap {
-    let build = || {
-        let mut h = shield_head(decision, 1);
-        if let Some(s) = retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        h
-    };
-    HEADS.with(|heads| {
-        let Ok(mut heads) = heads.try_borrow_mut() else {
-            return build();
-        };
-        if let Some((.., h)) = heads
-            .iter()
-            .find(|(s, d, r, _)| *s == status && *d == decision && *r == retry_after)
+/// The page for `key`, rendered the first time it is asked for; `None` once `PAGES` are kept.
+fn fixed_page(
+    status: StatusCode,
+    decision: &'static str,
+    retry_after: Option<u64>,
+) -> Option<&'static Fixed> {
+    static ALL: Mutex<Vec<(PageKey, &'static Fixed)>> = Mutex::new(Vec::new());
+    let key = (status, decision, retry_after);
+    SEEN.with(|seen| {
+        if let Ok(seen) = seen.try_borrow()
+            && let Some((_, f)) = seen.iter().find(|(k, _)| *k == key)
         {
-            return h.clone();
+            return Some(*f);
         }
-        let h = build();
-        if heads.len() < HEAD_TEMPLATES {
-            heads.push((status, decision, retry_after, h.clone()));
+        let f = {
+            let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+            match all.iter().find(|(k, _)| *k == key) {
+                Some((_, f)) => *f,
+                None if all.len() < PAGES => {
+                    // Kept for the life of the process, like the page set itself (bounded).
+                    let f: &'static Fixed =
+                        Box::leak(Box::new(render_page(status, decision, retry_after)));
+                    all.push((key, f));
+                    f
+                }
+                None => return None,
+            }
+        };
+        if let Ok(mut seen) = seen.try_borrow_mut()
+            && seen.len() < PAGES
+        {
+            seen.push((key, f));
         }
-        h
+        Some(f)
     })
+}
+
+fn render_page(status: StatusCode, decision: &'static str, retry_after: Option<u64>) -> Fixed {
+    let mut fields = shield_head(decision, 1);
+    if let Some(s) = retry_after {
+        fields.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    let mut encoded = Vec::new();
+    for (name, value) in &fields {
+        encoded.extend_from_slice(name.as_str().as_bytes());
+        encoded.extend_from_slice(b": ");
+        encoded.extend_from_slice(value.as_bytes());
+        encoded.extend_from_slice(b"\r\n");
+    }
+    Fixed {
+        body: render(status),
+        head: Some(FixedHead {
+            fields,
+            encoded: encoded.into_boxed_slice(),
+        }),
+    }
 }
 
 /// The 429 a cleared reader gets when its origin budget on a challenging route (search) is spent
 /// during an attack: it says that search, not the reader, is being limited, and that articles
 /// open as usual. Rendered once; the wait is in `Retry-After`.
 pub fn origin_budget(retry_after: u64) -> Response<Body> {
-    static RENDERED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    let body = RENDERED
-        .get_or_init(|| {
-            html(
+    static RENDERED: std::sync::OnceLock<Fixed> = std::sync::OnceLock::new();
+    let body = RENDERED.get_or_init(|| Fixed {
+        body: html(
                 429,
                 "Сайт сейчас под атакой, и поиск временно ограничен: не больше нескольких новых \
                  запросов в минуту. Повторите поиск через минуту; статьи открываются как обычно.",
@@ -113,10 +140,10 @@ pub fn origin_budget(retry_after: u64) -> Response<Body> {
                  ашылады.",
                 "This site is under attack, so search is limited for now: a few new searches a \
                  minute. Please search again in a minute; articles open as usual.",
-            )
-        })
-        .clone();
-    let mut resp = Response::new(full(body));
+        ),
+        head: None,
+    });
+    let mut resp = Response::new(Body::fixed(body));
     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let h = resp.headers_mut();
     *h = shield_head("limited", 2);
@@ -178,7 +205,7 @@ mod tests {
     fn pages_are_small_and_marked() {
         for s in [429u16, 403, 503, 502, 504, 413, 400] {
             let st = StatusCode::from_u16(s).unwrap();
-            let r = page(st, "limited", Some(1));
+            let r = crate::body::with_fixed_head(page(st, "limited", Some(1)));
             assert_eq!(r.status(), st);
             assert!(r.headers().contains_key("x-qalqan-decision"));
             let len = http_body::Body::size_hint(r.body()).exact().unwrap();

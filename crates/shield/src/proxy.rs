@@ -25,12 +25,12 @@ use qalqan_cache::store::{CachedResponse, EntryState};
 use qalqan_net::forwarded::{AddrSource, client_from_xff};
 
 use crate::accesslog::Entry;
-use crate::body::{Body, BoxError, ChannelBody, Guarded, Prefixed, ReqBody, empty, full};
+use crate::body::{Body, ChannelBody, Guarded, Prefixed, ReqBody, empty, full};
 use crate::config::{ChallengePolicy, FailMode};
 use crate::metrics::Decision;
 use crate::pages::{X_QALQAN_CACHE, X_QALQAN_REASON, page};
 use crate::state::{Flight, FlightGuard, Outcome, RouteState, Runtime, Shared, flight, tag};
-use crate::upstream::UpstreamError;
+use crate::upstream::{Added, UpstreamError};
 use tokio::sync::{mpsc, oneshot};
 
 /// What the connection knows about its client.
@@ -44,6 +44,22 @@ pub struct ConnInfo {
     pub source: AddrSource,
     /// TLS on this connection.
     pub tls: bool,
+    /// `peer`'s address as a header value, made once per connection (it is sent on every
+    /// request the connection forwards).
+    pub peer_value: Option<HeaderValue>,
+}
+
+impl ConnInfo {
+    /// What the shield knows of a connection from `peer`.
+    pub fn new(peer: SocketAddr, peer_trusted: bool, source: AddrSource, tls: bool) -> Self {
+        ConnInfo {
+            peer,
+            peer_trusted,
+            source,
+            tls,
+            peer_value: ip_value(qalqan_net::cidr::canonical_ip(peer.ip())),
+        }
+    }
 }
 
 /// Header value of `x-qalqan-cache`.
@@ -102,7 +118,7 @@ fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -119,56 +135,90 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<ReqBody>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    let started = Instant::now();
     let rt = shared.runtime.load_full();
-    let client = client_ip(&shared, &rt, &conn, req.headers());
-    let route = rt.classify(req.method(), req.uri().path(), req.uri().query());
-    route.requests.fetch_add(1, Relaxed);
-
-    // Copy what the access log needs before the request is consumed (only when it is on).
-    let log_head = shared.log.ticket().map(|sec| (sec, LogHead::of(&req)));
-
-    // During an attack, what the episode needs is copied before the request is consumed.
-    let episode_head = shared.attack.recording().then(|| {
-        (
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().get(header::USER_AGENT).cloned(),
-        )
-    });
-    let (resp, decision) = serve(&shared, &rt, &conn, route, client, req).await;
-    shared.metrics.decision(decision);
-    if let Some((method, uri, ua)) = episode_head {
-        shared.attack.observe(&qalqan_detect::Request {
-            addr: client,
-            asn: None,
-            country: None,
-            method: method.as_str(),
-            path: uri.path(),
-            query: uri.query().unwrap_or(""),
-            user_agent: ua.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-            decision: decision.as_str(),
-        });
-    }
-    if let Some((sec, h)) = log_head {
-        shared.log.write(
-            &Entry {
-                client,
-                method: h.method.as_str(),
-                target: &h.target,
-                version: h.version,
-                status: resp.status().as_u16(),
-                bytes: http_body::Body::size_hint(resp.body()).exact(),
-                referer: h.referer.as_ref().map(|v| v.as_bytes()),
-                user_agent: h.user_agent.as_ref().map(|v| v.as_bytes()),
-                decision: decision.as_str(),
-                route: &route.cfg.name,
-                millis: started.elapsed().as_millis() as u64,
-            },
-            sec,
-        );
-    }
+    let begun = Begun::new(&shared, &rt, &conn, &req);
+    let (resp, decision) = serve(&shared, &rt, &conn, begun.route, begun.client, req).await;
+    begun.finish(&shared, &resp, decision);
     Ok(resp)
+}
+
+/// What is known of a request before it is served, and kept for the records made after it:
+/// [`handle`] in three steps (`new`, [`serve`], `finish`), for a caller that awaits `serve`
+/// itself. (The shield's HTTP/1.1 loop does: the future of `serve` is the largest on the way,
+/// and every async layer around it would move it once more per request.)
+pub(crate) struct Begun<'a> {
+    pub route: &'a RouteState,
+    pub client: IpAddr,
+    log_head: Option<(u64, LogHead, Instant)>,
+    episode_head: Option<(Method, http::Uri, Option<HeaderValue>)>,
+}
+
+impl<'a> Begun<'a> {
+    pub fn new(shared: &Shared, rt: &'a Runtime, conn: &ConnInfo, req: &Request<ReqBody>) -> Self {
+        let client = client_ip(shared, rt, conn, req.headers());
+        let route = rt.classify(req.method(), req.uri().path(), req.uri().query());
+        route.requests.fetch_add(1, Relaxed);
+        // Copy what the access log needs before the request is consumed (only when it is on).
+        let log_head = shared
+            .log
+            .ticket()
+            .map(|sec| (sec, LogHead::of(req), Instant::now()));
+        // During an attack, what the episode needs is copied before the request is consumed.
+        let episode_head = shared.attack.recording().then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().get(header::USER_AGENT).cloned(),
+            )
+        });
+        Begun {
+            route,
+            client,
+            log_head,
+            episode_head,
+        }
+    }
+
+    /// Counts the answer, and records it for the attack episode and the access log.
+    pub fn finish(self, shared: &Shared, resp: &Response<Body>, decision: Decision) {
+        let Begun {
+            route,
+            client,
+            log_head,
+            episode_head,
+        } = self;
+        shared.metrics.decision(decision);
+        if let Some((method, uri, ua)) = episode_head {
+            shared.attack.observe(&qalqan_detect::Request {
+                addr: client,
+                asn: None,
+                country: None,
+                method: method.as_str(),
+                path: uri.path(),
+                query: uri.query().unwrap_or(""),
+                user_agent: ua.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                decision: decision.as_str(),
+            });
+        }
+        if let Some((sec, h, started)) = log_head {
+            shared.log.write(
+                &Entry {
+                    client,
+                    method: h.method.as_str(),
+                    target: &h.target,
+                    version: h.version,
+                    status: resp.status().as_u16(),
+                    bytes: http_body::Body::size_hint(resp.body()).exact(),
+                    referer: h.referer.as_ref().map(|v| v.as_bytes()),
+                    user_agent: h.user_agent.as_ref().map(|v| v.as_bytes()),
+                    decision: decision.as_str(),
+                    route: &route.cfg.name,
+                    millis: started.elapsed().as_millis() as u64,
+                },
+                sec,
+            );
+        }
+    }
 }
 
 struct LogHead {
@@ -243,6 +293,8 @@ enum Verdict {
     Refuse(Response<Body>, Decision),
 }
 
+// Everything it decides from, passed in: it runs under `catch_unwind` on every request.
+#[allow(clippy::too_many_arguments)]
 fn protect(
     shared: &Shared,
     rt: &Runtime,
@@ -251,6 +303,7 @@ fn protect(
     headers: &HeaderMap,
     clearance: Option<&qalqan_challenge::Clearance>,
     bot: Option<crate::goodbots::Bot>,
+    now: u64,
 ) -> Verdict {
     let lists = &rt.config.lists;
     let ua = headers.get(header::USER_AGENT).map(|v| v.as_bytes());
@@ -274,7 +327,6 @@ fn protect(
     {
         return Verdict::Go;
     }
-    let now = qalqan_limits::now_ms();
     // A reader holding a clearance is counted by its clearance, not its address, so readers
     // behind one carrier NAT do not share one budget.
     let addr_key = match clearance {
@@ -365,7 +417,7 @@ fn offence(shared: &Shared, rt: &Runtime, client: IpAddr, route: &str) {
     }
 }
 
-async fn serve(
+pub(crate) async fn serve(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
     conn: &Arc<ConnInfo>,
@@ -373,6 +425,8 @@ async fn serve(
     client: IpAddr,
     req: Request<ReqBody>,
 ) -> (Response<Body>, Decision) {
+    // One reading of the millisecond clock for the limits and marks below.
+    let now_ms = qalqan_limits::now_ms();
     // A clearance matters only where challenges can be asked for, and is checked only then.
     let mode = route.mode(shared.attack.mode());
     let wants_challenge = crate::challenge::wanted(route.cfg.challenge, mode);
@@ -395,6 +449,7 @@ async fn serve(
             req.headers(),
             clearance.as_ref(),
             bot,
+            now_ms,
         );
         (v, bot.is_some_and(|b| b.verified))
     }));
@@ -517,11 +572,7 @@ async fn serve(
     // A key whose last response could not be stored goes straight through for a while
     // ("hit-for-pass"): no coalescing wait, no copy, no lookup.
     let key_hash = shared.hasher.hash_bytes(key.as_bytes(), tag::KEY);
-    if shared
-        .pass_marks
-        .blocked_until(key_hash, qalqan_limits::now_ms())
-        .is_some()
-    {
+    if shared.pass_marks.blocked_until(key_hash, now_ms).is_some() {
         // The copy matters only to a request that spends an origin budget (under attack).
         let cached = budget.and_then(|_| shared.store.get(&key));
         if let Some(r) = spend_budget(&shared.metrics, route, budget, cached.as_ref(), &req) {
@@ -893,7 +944,7 @@ async fn fill(
             .insert(X_QALQAN_CACHE.clone(), CacheStatus::Miss.value());
         to.send(Head::Stream(Response::from_parts(
             p,
-            ChannelBody::new(brx).boxed_unsync(),
+            Body::boxed(ChannelBody::new(brx)),
         )));
         tx = Some(btx);
     }
@@ -960,7 +1011,7 @@ async fn fill(
                 if tx.is_none() {
                     // Larger than the cache takes: hand over what we have and the rest.
                     if to.head.is_some() {
-                        let rest = Prefixed::new(buf.freeze(), body).boxed_unsync();
+                        let rest = Body::boxed(Prefixed::new(buf.freeze(), body));
                         parts
                             .headers
                             .insert(X_QALQAN_CACHE.clone(), CacheStatus::Bypass.value());
@@ -1297,7 +1348,7 @@ fn upstream_request(
     client: IpAddr,
     parts: &mut http::request::Parts,
     upgrade: bool,
-) -> Result<(), StatusCode> {
+) -> Result<Added, StatusCode> {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     if !pq.starts_with('/') {
         // Asterisk-form (OPTIONS *) or similar: nothing an origin serves through us.
@@ -1343,7 +1394,11 @@ fn upstream_request(
     // X-Forwarded-For: from a trusted peer, keep its chain and add the peer; otherwise the chain
     // starts here, so an origin that believes the header cannot be fooled by a spoofed one.
     let peer = qalqan_net::cidr::canonical_ip(conn.peer.ip());
-    let client_value = ip_value(client);
+    let client_value = if client == peer {
+        conn.peer_value.clone()
+    } else {
+        ip_value(client)
+    };
     let xff = if conn.peer_trusted {
         let prior: Vec<&str> = h
             .get_all(&X_FORWARDED_FOR)
@@ -1351,53 +1406,90 @@ fn upstream_request(
             .filter_map(|v| v.to_str().ok())
             .collect();
         if prior.is_empty() {
-            ip_value(peer)
+            conn.peer_value.clone()
         } else {
             HeaderValue::from_str(&format!("{}, {peer}", prior.join(", "))).ok()
         }
     } else {
         client_value.clone()
     };
+    // Which forwarding fields the client sent, in one pass over the names (usually none).
+    const FORWARDED_BIT: u8 = 1;
+    const HOST_BIT: u8 = 2;
+    const PORT_BIT: u8 = 4;
+    const PROTO_BIT: u8 = 8;
+    const FOR_BIT: u8 = 16;
+    const REAL_IP_BIT: u8 = 32;
+    const VIA_BIT: u8 = 64;
+    let mut sent = 0u8;
+    for k in h.keys() {
+        sent |= if k == header::FORWARDED {
+            FORWARDED_BIT
+        } else if k == X_FORWARDED_HOST {
+            HOST_BIT
+        } else if k == X_FORWARDED_PORT {
+            PORT_BIT
+        } else if k == X_FORWARDED_PROTO {
+            PROTO_BIT
+        } else if k == X_FORWARDED_FOR {
+            FOR_BIT
+        } else if k == X_REAL_IP {
+            REAL_IP_BIT
+        } else if k == header::VIA {
+            VIA_BIT
+        } else {
+            0
+        };
+    }
     // Other ways of naming the client or the original request are believed only from trusted
-    // proxies too. (One pass over the names first: usually there is nothing to remove.)
-    if !conn.peer_trusted
-        && h.keys().any(|k| {
-            k == header::FORWARDED
-                || k == X_FORWARDED_HOST
-                || k == X_FORWARDED_PORT
-                || k == X_FORWARDED_PROTO
-        })
-    {
+    // proxies too.
+    if !conn.peer_trusted && sent & (FORWARDED_BIT | HOST_BIT | PORT_BIT | PROTO_BIT) != 0 {
         h.remove(header::FORWARDED);
         h.remove(&X_FORWARDED_HOST);
         h.remove(&X_FORWARDED_PORT);
         h.remove(&X_FORWARDED_PROTO);
+        sent &= !PROTO_BIT;
     }
-    // (Inserting replaces every field the client sent.)
-    match xff {
-        Some(v) => {
-            h.insert(X_FORWARDED_FOR.clone(), v);
-        }
-        None => {
-            h.remove(&X_FORWARDED_FOR);
-        }
+    // The shield's own fields replace every field of the same name the client sent (they are
+    // written after the client's; see `Added`).
+    let mut added = Added {
+        forwarded_for: xff,
+        ..Added::default()
+    };
+    if sent & FOR_BIT != 0 {
+        h.remove(&X_FORWARDED_FOR);
     }
-    if !(conn.peer_trusted && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-        );
+    if !(conn.peer_trusted && sent & PROTO_BIT != 0) {
+        added.forwarded_proto = Some(if conn.tls { "https" } else { "http" });
     }
     if let Some(v) = client_value {
-        h.insert(X_REAL_IP.clone(), v);
+        if sent & REAL_IP_BIT != 0 {
+            h.remove(&X_REAL_IP);
+        }
+        added.real_ip = Some(v);
     }
-    append_via(h, client_version);
-    Ok(())
+    if sent & VIA_BIT != 0 {
+        // Earlier hops and this one as one field.
+        append_via(h, client_version);
+    } else {
+        added.via = Some(via_of(client_version));
+    }
+    Ok(added)
 }
 
 /// Whether a header is hop-by-hop by its name alone (not counting names listed in Connection).
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(n) || n == header::UPGRADE
+    hop_index(n).is_some() || n == header::UPGRADE
+}
+
+/// The place of `n` in `HOP_BY_HOP`. Most names are ruled out by their length alone: this runs
+/// for every field of every request and response.
+fn hop_index(n: &HeaderName) -> Option<usize> {
+    let s = n.as_str();
+    match s.len() {
+        2 | 7 | 10 | 16 | 17 | 18 | 19 => HOP_BY_HOP.iter().position(|h| h.as_str() == s),
+        _ => None,
+    }
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
@@ -1406,7 +1498,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     const UPGRADE_BIT: u16 = 1 << 8; // after the eight of HOP_BY_HOP
     let mut present: u16 = 0;
     for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+        if let Some(i) = hop_index(k) {
             present |= 1 << i;
         } else if k == header::UPGRADE {
             present |= UPGRADE_BIT;
@@ -1457,12 +1549,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn append_via(h: &mut HeaderMap, v: Version) {
-    let me = match v {
+/// This hop's `Via` entry for a message received with version `v`.
+fn via_of(v: Version) -> &'static str {
+    match v {
         Version::HTTP_2 => "2 qalqan",
         Version::HTTP_10 => "1.0 qalqan",
         _ => "1.1 qalqan",
-    };
+    }
+}
+
+fn append_via(h: &mut HeaderMap, v: Version) {
+    let me = via_of(v);
     // One lookup: most messages carry no Via yet.
     match h.entry(header::VIA) {
         header::Entry::Vacant(e) => {
@@ -1510,14 +1607,17 @@ async fn call_origin(
     upgrade: bool,
 ) -> Result<Response<Body>, OriginFail> {
     let (mut parts, body) = req.into_parts();
-    upstream_request(rt, conn, client, &mut parts, upgrade).map_err(OriginFail::Refused)?;
+    let added =
+        upstream_request(rt, conn, client, &mut parts, upgrade).map_err(OriginFail::Refused)?;
     let claim = parts.extensions.get::<Claim>().copied();
     let permit = match &route.gate {
         Some(g) => {
             let attack = claim
                 .filter(|c| c.challengeable)
                 .map(|_| (&shared.attack, &route.mode));
-            match g.enter(attack).await {
+            // Boxed: only gated routes wait here, and the wait would otherwise size every
+            // request's future.
+            match Box::pin(g.enter(attack)).await {
                 crate::gate::Entry::Go(p) => Some(p),
                 crate::gate::Entry::Challenge => return Err(OriginFail::Challenge),
                 crate::gate::Entry::Shed => {
@@ -1530,20 +1630,22 @@ async fn call_origin(
         }
         None => None,
     };
-    let req = Request::from_parts(parts, body);
     route.origin_requests.fetch_add(1, Relaxed);
     let m = &shared.metrics;
     m.origin_in_flight.fetch_add(1, Relaxed);
     let t0 = Instant::now();
-    let r = shared
-        .upstream
-        .request(
-            &rt.config.origin.authority,
-            req,
-            upgrade,
-            rt.config.origin.response_timeout,
-        )
-        .await;
+    let (up, authority) = (&shared.upstream, &rt.config.origin.authority);
+    let timeout = rt.config.origin.response_timeout;
+    // The own client's future is awaited here directly, not inside `Upstream::request_with`:
+    // one async layer less to size and move with every request.
+    let r = if !upgrade && crate::upstream::own_path(&parts.method, &parts.headers, &body) {
+        drop(body);
+        up.request_own(authority, &parts, &added, timeout).await
+    } else {
+        let mut req = Request::from_parts(parts, body);
+        added.insert_into(req.headers_mut());
+        up.request_other(authority, req, upgrade, timeout).await
+    };
     m.origin_in_flight.fetch_sub(1, Relaxed);
     // The adaptive limit learns from every answer: its time when the origin answered, an
     // overload when it failed, timed out or said 503.
@@ -1577,10 +1679,8 @@ async fn call_origin(
     }
     append_via(&mut parts.headers, Version::HTTP_11);
     let body: Body = match permit {
-        Some(p) => Guarded::new(body, p)
-            .map_err(|e| Box::new(e) as BoxError)
-            .boxed_unsync(),
-        None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        Some(p) => Body::boxed(Guarded::new(body, p)),
+        None => Body::boxed(body),
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -1598,19 +1698,26 @@ fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The client's body, capped at `max_body_bytes`.
 fn limited_body(body: ReqBody, max: u64) -> Body {
-    http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
+    match body {
+        // The shield's own reader's requests have none: nothing to limit, nothing to box.
+        ReqBody::Empty => crate::body::empty(),
+        body => Body::boxed(http_body_util::Limited::new(
+            body,
+            usize::try_from(max).unwrap_or(usize::MAX),
+        )),
+    }
 }
 
 /// Runs the shield's request-head handling (route class, cache key, client address, forwarding
 /// headers) on a parsed head, without IO. For the `request_head` fuzz target; not an API.
 #[doc(hidden)]
 pub fn fuzz_request_head(rt: &Runtime, parts: &mut http::request::Parts, tls: bool) {
-    let conn = ConnInfo {
-        peer: SocketAddr::from(([127, 0, 0, 1], 1)),
-        peer_trusted: true,
-        source: AddrSource::Socket,
+    let conn = ConnInfo::new(
+        SocketAddr::from(([127, 0, 0, 1], 1)),
+        true,
+        AddrSource::Socket,
         tls,
-    };
+    );
     let route = rt.classify(&parts.method, parts.uri.path(), parts.uri.query());
     let head = Request::from_parts(parts.clone(), ());
     let _ = cache_key_of(route, &head, tls);
@@ -1622,10 +1729,71 @@ pub fn fuzz_request_head(rt: &Runtime, parts: &mut http::request::Parts, tls: bo
         values.push(v.as_bytes());
     }
     let client = client_from_xff(conn.peer.ip(), &values, &rt.config.client.trusted_proxies).ip;
-    let _ = upstream_request(rt, &conn, client, parts, upgrade);
+    if let Ok(added) = upstream_request(rt, &conn, client, parts, upgrade) {
+        added.insert_into(&mut parts.headers);
+    }
     let _ = crate::challenge::clearance(
         &rt.config,
         &parts.headers,
         &crate::challenge::binding(client, &parts.headers),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_names_are_found_by_their_length_first() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(n), Some(i), "{n}");
+            assert!(is_hop_by_hop(n), "{n}");
+        }
+        assert!(is_hop_by_hop(&header::UPGRADE));
+        for n in [
+            header::HOST,
+            header::USER_AGENT,
+            header::REFERER,
+            header::EXPIRES,
+            header::CONTENT_LENGTH,
+            header::VIA,
+            HeaderName::from_static("keep-alivf"),
+            HeaderName::from_static("x-connection"),
+        ] {
+            assert_eq!(hop_index(&n), None, "{n}");
+            assert!(!is_hop_by_hop(&n), "{n}");
+        }
+    }
+
+    #[test]
+    fn the_peer_value_is_the_canonical_address() {
+        let v4 = ConnInfo::new(
+            "10.1.2.3:5".parse().unwrap(),
+            false,
+            AddrSource::Socket,
+            false,
+        );
+        assert_eq!(
+            v4.peer_value.as_ref().map(|v| v.as_bytes()),
+            Some(&b"10.1.2.3"[..])
+        );
+        // An IPv4 client on a dual-stack socket is named as IPv4, as everywhere else.
+        let mapped = ConnInfo::new(
+            "[::ffff:10.1.2.3]:5".parse().unwrap(),
+            false,
+            AddrSource::Socket,
+            false,
+        );
+        assert_eq!(mapped.peer_value, v4.peer_value);
+        let v6 = ConnInfo::new(
+            "[2001:db8::1]:5".parse().unwrap(),
+            true,
+            AddrSource::Socket,
+            true,
+        );
+        assert_eq!(
+            v6.peer_value.as_ref().map(|v| v.as_bytes()),
+            Some(&b"2001:db8::1"[..])
+        );
+    }
 }

@@ -178,6 +178,51 @@ impl Slots {
     }
 }
 
+/// Fields the shield adds to a request on its way to the origin (forwarding, `Via`). The own
+/// client writes them after the request's own fields, so the common request needs no header map
+/// insertions; hyper's path inserts them. The caller has removed any client fields of the same
+/// names that these replace.
+#[derive(Default)]
+pub(crate) struct Added {
+    pub forwarded_for: Option<HeaderValue>,
+    pub forwarded_proto: Option<&'static str>,
+    pub real_ip: Option<HeaderValue>,
+    pub via: Option<&'static str>,
+}
+
+impl Added {
+    /// The fields as `(name, value)` pairs, in the order they are sent.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        let Added {
+            forwarded_for,
+            forwarded_proto,
+            real_ip,
+            via,
+        } = self;
+        [
+            (
+                "x-forwarded-for",
+                forwarded_for.as_ref().map(HeaderValue::as_bytes),
+            ),
+            ("x-forwarded-proto", forwarded_proto.map(str::as_bytes)),
+            ("x-real-ip", real_ip.as_ref().map(HeaderValue::as_bytes)),
+            ("via", via.map(str::as_bytes)),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| Some((n, v?)))
+    }
+
+    /// Puts the fields into `h` (appended after any of the same name). For hyper's path, which
+    /// writes only the map; rare, so the values are copied.
+    pub fn insert_into(self, h: &mut HeaderMap) {
+        for (name, value) in self.fields() {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                h.append(header::HeaderName::from_static(name), v);
+            }
+        }
+    }
+}
+
 /// The shield's connections to its origin.
 pub struct Upstream {
     slots: Mutex<Slots>,
@@ -340,19 +385,44 @@ impl Upstream {
         upgrade: bool,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        if !upgrade && own_path(&req) {
+        self.request_with(authority, req, Added::default(), upgrade, timeout)
+            .await
+    }
+
+    /// [`request`](Self::request), with `added` fields after the request's own.
+    pub(crate) async fn request_with(
+        self: &Arc<Self>,
+        authority: &http::uri::Authority,
+        mut req: Request<Body>,
+        added: Added,
+        upgrade: bool,
+        timeout: Duration,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        if !upgrade && own_path(req.method(), req.headers(), req.body()) {
             // The body is empty; it is dropped here.
             let (parts, _) = req.into_parts();
-            return self.request_own(authority, &parts, timeout).await;
+            return self.request_own(authority, &parts, &added, timeout).await;
         }
-        // Boxed: the rarer path's larger future would otherwise size (and be copied with) every
-        // request's future.
-        tokio::time::timeout(
-            timeout,
-            Box::pin(self.request_hyper(authority, req, upgrade)),
-        )
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout))
+        added.insert_into(req.headers_mut());
+        self.request_other(authority, req, upgrade, timeout).await
+    }
+
+    /// A request the own path does not take (see [`own_path`]), through hyper, with `added`
+    /// already in its head. Boxed: this rarer path's larger future would otherwise size (and be
+    /// copied with) every request's future.
+    pub(crate) fn request_other<'a>(
+        self: &'a Arc<Self>,
+        authority: &'a http::uri::Authority,
+        req: Request<Body>,
+        upgrade: bool,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            tokio::time::timeout(timeout, self.request_hyper(authority, req, upgrade))
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout))
+        })
     }
 
     async fn request_hyper(
@@ -398,10 +468,11 @@ impl Upstream {
     }
 
     /// The own path: the request head written and the response head read by this task.
-    async fn request_own(
+    pub(crate) async fn request_own(
         self: &Arc<Self>,
         authority: &http::uri::Authority,
         parts: &http::request::Parts,
+        added: &Added,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let head_only = parts.method == Method::HEAD;
@@ -416,12 +487,16 @@ impl Upstream {
             };
             let (mut conn, reused) = match idle {
                 Some(c) => (c, true),
-                None => match tokio::time::timeout_at(deadline, self.open(authority)).await {
-                    Ok(stream) => (Conn::new(stream?), false),
-                    Err(_) => return Err(UpstreamError::Timeout),
-                },
+                // Boxed: connecting is rare (connections are pooled), and its future would
+                // otherwise size, and be copied with, every request's.
+                None => {
+                    match tokio::time::timeout_at(deadline, Box::pin(self.open(authority))).await {
+                        Ok(stream) => (Conn::new(stream?), false),
+                        Err(_) => return Err(UpstreamError::Timeout),
+                    }
+                }
             };
-            let close = conn.encode(parts);
+            let close = conn.encode(parts, added);
             let head = match conn.exchange(head_only, close, deadline).await {
                 Ok(h) => h,
                 Err(HeadError::Nothing(e)) => {
@@ -455,20 +530,18 @@ impl Upstream {
 
 /// Whether `req` can take the own path (the caller has ruled out upgrades): an idempotent method
 /// (RFC 9110 9.2.2), so a retry is safe, and no body to send.
-fn own_path(req: &Request<Body>) -> bool {
-    let m = req.method();
+pub(crate) fn own_path(m: &Method, h: &HeaderMap, body: &Body) -> bool {
     let idempotent = *m == Method::GET
         || *m == Method::HEAD
         || *m == Method::OPTIONS
         || *m == Method::TRACE
         || *m == Method::PUT
         || *m == Method::DELETE;
-    if !idempotent || !req.body().is_end_stream() {
+    if !idempotent || !body.is_end_stream() {
         return false;
     }
     // A head that announces a body the request does not have is left to hyper, as before (one
     // pass over the names; usually neither is there).
-    let h = req.headers();
     if h.keys()
         .any(|k| k == header::TRANSFER_ENCODING || k == header::CONTENT_LENGTH)
     {
@@ -627,7 +700,7 @@ impl Conn {
 
     /// Serializes the request head into `wbuf`; returns whether the request asked for the
     /// connection to be closed.
-    fn encode(&mut self, parts: &http::request::Parts) -> bool {
+    fn encode(&mut self, parts: &http::request::Parts, added: &Added) -> bool {
         let b = &mut self.wbuf;
         b.clear();
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -644,6 +717,12 @@ impl Conn {
             b.extend_from_slice(name.as_str().as_bytes());
             b.extend_from_slice(b": ");
             b.extend_from_slice(value.as_bytes());
+            b.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in added.fields() {
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(b": ");
+            b.extend_from_slice(value);
             b.extend_from_slice(b"\r\n");
         }
         b.extend_from_slice(b"\r\n");
@@ -831,10 +910,10 @@ impl Conn {
                 .checked_add(nl as usize)
                 .and_then(|end| head.get(ns as usize..end))
                 .and_then(field_name)
-                .ok_or(UpstreamError::Protocol("invalid header name"))?;
+                .ok_or_else(|| UpstreamError::Protocol("invalid header name"))?;
             let value = slice(vs, vl)
                 .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
-                .ok_or(UpstreamError::Protocol("invalid header value"))?;
+                .ok_or_else(|| UpstreamError::Protocol("invalid header value"))?;
             if name == header::CONTENT_LENGTH {
                 content_length(value.as_bytes(), &mut length).map_err(UpstreamError::Protocol)?;
                 length_fields += 1;

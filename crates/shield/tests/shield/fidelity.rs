@@ -938,3 +938,28 @@ async fn origin_response_timeout_gives_504() {
     );
     assert_eq!(origin.count("/slow"), 1);
 }
+
+/// The fields the shield adds (written after the client's on the own client's path, inserted on
+/// hyper's) reach the origin once each, the same on both paths: a plain GET takes the own path, a
+/// POST with a body goes through hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_fields_are_added_once_on_either_origin_path() {
+    let origin = Origin::simple(None).await;
+    let sh = shield_apart(&origin, "").await;
+    for req in [
+        &b"GET /plain HTTP/1.1\r\nHost: news.example\r\nConnection: close\r\n\r\n"[..],
+        &b"POST /form HTTP/1.1\r\nHost: news.example\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=1"[..],
+        // Spoofed ones from an untrusted peer are replaced, not repeated.
+        &b"GET /spoof HTTP/1.1\r\nHost: news.example\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let what = String::from_utf8_lossy(req).lines().next().unwrap_or("").to_string();
+        let resp = parse_wire(&raw(sh.listen[0], req, WAIT).await, false);
+        assert_eq!(resp.status, 200, "{what}");
+        let s = origin.last();
+        assert_eq!(seen_all(&s, "x-forwarded-for"), ["127.0.0.1"], "{what}");
+        assert_eq!(seen_all(&s, "x-forwarded-proto"), ["http"], "{what}");
+        assert_eq!(seen_all(&s, "x-real-ip"), ["127.0.0.1"], "{what}");
+        assert_eq!(seen_all(&s, "via"), ["1.1 qalqan"], "{what}");
+        assert_eq!(seen_all(&s, "host"), ["news.example"], "{what}");
+    }
+}

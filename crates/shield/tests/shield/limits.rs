@@ -334,3 +334,60 @@ rate_per_prefix = 1000
     .await;
     assert_eq!(metric_shed as usize, shed);
 }
+
+/// A 429 page's own fields (kept out of its header map and written from a copy encoded once) are
+/// on the wire exactly once, whichever writer sends it: the shield's own HTTP/1.1 writer, or
+/// hyper (here for HTTP/1.0, which the own reader hands over), and for HEAD too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_has_each_of_its_fields_once_from_either_writer() {
+    let origin = Origin::simple(None).await;
+    let shield = shield_apart(
+        &origin,
+        "[[route]]\nname = \"default\"\nrate_per_address = 1\nrate_per_prefix = 1000\n\
+         [block]\nenabled = false\n",
+    )
+    .await;
+    let addr = shield.listen[0];
+    let wait = Duration::from_secs(3);
+    // Spend the budget of one request per second.
+    let _ = get(addr, "/", &[]).await;
+    for (request, head_only) in [
+        (
+            &b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"[..],
+            false,
+        ),
+        (&b"GET / HTTP/1.0\r\nhost: a\r\n\r\n"[..], false),
+        (
+            &b"HEAD / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"[..],
+            true,
+        ),
+        (&b"HEAD / HTTP/1.0\r\nhost: a\r\n\r\n"[..], true),
+    ] {
+        let what = String::from_utf8_lossy(request)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let w = parse_wire(&raw(addr, request, wait).await, head_only);
+        assert_eq!(w.status, 429, "{what}");
+        for (name, value) in [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-store"),
+            ("x-qalqan-decision", "limited"),
+            ("retry-after", "1"),
+        ] {
+            assert_eq!(w.header_all(name), [value], "{what}: {name} once");
+        }
+        let len: usize = w
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: a content-length"));
+        assert!(len > 100, "{what}: the page's length, {len}");
+        if head_only {
+            assert!(w.trailing.is_empty(), "{what}: no body after a HEAD answer");
+        } else {
+            assert_eq!(w.body.len(), len, "{what}");
+            assert!(String::from_utf8_lossy(&w.body).contains("429"), "{what}");
+        }
+    }
+}
