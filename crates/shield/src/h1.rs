@@ -24,8 +24,10 @@
 //! Response framing follows hyper's server rules, so a response is sent the same way whichever
 //! reader took the request: no body for HEAD, 1xx, 204 and 304; `content-length` when the body's
 //! size is known (a handler's own header wins), chunked otherwise; `date` added when missing;
-//! `connection: close` when the client asked for it. A body that errors or ends short of its
-//! length closes the connection.
+//! `connection: close` when the client asked for it. A body that fails before any of it was
+//! written (an origin that sends a head and then drops the connection) is answered with the
+//! shield's 502 page instead, since nothing of the response is on the wire yet; one that fails
+//! later, or ends short of its length, closes the connection.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -76,7 +78,7 @@ pub(crate) async fn serve<I>(
     busy: &Arc<AtomicUsize>,
 ) -> Outcome<I>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(512);
@@ -474,7 +476,7 @@ async fn write_response<I>(
     resp: Response<Body>,
 ) -> io::Result<bool>
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (parts, mut body) = resp.into_parts();
     out.clear();
@@ -505,6 +507,11 @@ where
             let frame = match next {
                 None => break,
                 Some(Ok(f)) => f,
+                Some(Err(_)) if head.is_some() => {
+                    // Nothing of this response is on the wire yet (the head goes out with the
+                    // first bytes): the client gets the shield's 502 page, not a silent close.
+                    return bad_gateway(io, out, inbox, inbox_max, method).await;
+                }
                 Some(Err(_)) => return Err(io::Error::other("response body failed")),
             };
             let Ok(mut data) = frame.into_data() else {
@@ -554,6 +561,29 @@ where
         keep = false;
     }
     Ok(keep)
+}
+
+/// The shield's 502 page in place of a response whose body failed before any of it was written;
+/// the connection closes after it, as after any failed body. Rare: kept out of line and boxed, so
+/// that it neither sizes nor slows `write_response` on every request.
+#[cold]
+#[inline(never)]
+fn bad_gateway<'a, I>(
+    io: &'a mut I,
+    out: &'a mut Vec<u8>,
+    inbox: &'a mut BytesMut,
+    inbox_max: usize,
+    method: &'a Method,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<bool>> + Send + 'a>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let page = crate::pages::page(StatusCode::BAD_GATEWAY, "error", Some(10));
+    Box::pin(async move {
+        write_response(io, out, inbox, inbox_max, method, true, page)
+            .await
+            .map(|_| false)
+    })
 }
 
 /// The status line and headers, as hyper's server writes them. Returns the framing and whether

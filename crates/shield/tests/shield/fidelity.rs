@@ -963,3 +963,31 @@ async fn forwarding_fields_are_added_once_on_either_origin_path() {
         assert_eq!(seen_all(&s, "host"), ["news.example"], "{what}");
     }
 }
+
+/// An origin that sends a response head and drops the connection before any of the body: the
+/// reader gets the shield's 502 page (nothing of the origin's response had been sent yet), not
+/// a connection closed without an answer. Then the connection closes, as after any failed body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_lost_before_its_first_byte_is_answered_502() {
+    let addr = raw_origin(|mut s: TcpStream| async move {
+        let _ = read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 100\r\n\r\n")
+            .await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let sh = shield_with_origin(&format!("http://{addr}"), "", "").await;
+    let out = raw(
+        sh.listen[0],
+        b"GET /gone HTTP/1.1\r\nHost: news.example\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    let w = parse_wire(&out, false);
+    assert_eq!(w.status, 502, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(w.header("x-qalqan-decision"), Some("error"));
+    assert_eq!(w.header("connection"), Some("close"));
+    assert!(String::from_utf8_lossy(&w.body).contains("502"));
+    assert!(w.trailing.is_empty(), "nothing after the page");
+}
