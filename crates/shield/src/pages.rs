@@ -21,7 +21,8 @@ const PAGES: usize = 32;
 
 /// Builds a shield-made page with `Cache-Control: no-store` and the decision header. Each
 /// distinct page is rendered once, body and head, and kept for the life of the process (see
-/// [`FixedHead`]), so answering a flood with 429s allocates nothing and builds no header map.
+/// [`FixedHead`]), so the answer to each request of a flood allocates nothing and builds no
+/// header map.
 pub fn page(
     status: StatusCode,
     decision: &'static str,
