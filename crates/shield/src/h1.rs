@@ -4,8 +4,8 @@
 //! Why: on the cache-miss and 429 paths hyper's server dispatcher (its per-request timer, body
 //! channel and state machine) cost more than the shield's whole decision. This loop parses a
 //! head with `httparse` (the parser hyper uses), builds the `Request` from slices of the read
-//! buffer without copying, calls `proxy::handle` (in its steps), and writes the response head and the first
-//! body frame with one vectored write.
+//! buffer without copying, calls `proxy::handle` (in its steps), and writes the response head
+//! and the first body frame with one vectored write.
 //!
 //! Hand-off: the first request this loop does not take (a body, `Expect`, an upgrade,
 //! HTTP/1.0, absolute or asterisk form, `CONNECT`, a head too large or malformed, anything the
