@@ -256,12 +256,18 @@ impl RateSketch {
         let mask = (1u64 << self.col_bits) - 1;
         let mut cells = [0; Self::MAX_ROWS];
         for (row, cell) in cells.iter_mut().enumerate().take(self.rows) {
-            // A different odd offset per row, then a full mix: the rows behave as
-            // independent hash functions of the (already keyed) key.
-            let h = mix64(key.wrapping_add((row as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-            *cell = (row << self.col_bits) | (h & mask) as usize;
+            *cell = self.cell(key, row, mask);
         }
         cells
+    }
+
+    /// The index of `key`'s counter pair in `row`; `mask` is `cols - 1`.
+    #[inline]
+    fn cell(&self, key: u64, row: usize, mask: u64) -> usize {
+        // A different odd offset per row, then a full mix: the rows behave as
+        // independent hash functions of the (already keyed) key.
+        let h = mix64(key.wrapping_add((row as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        (row << self.col_bits) | (h & mask) as usize
     }
 
     fn min_count(&self, cells: &[usize; Self::MAX_ROWS], bank: usize) -> u32 {
@@ -312,14 +318,12 @@ impl RateSketch {
     fn increment_rows<const R: usize>(&self, key: u64, bank: usize) -> (u32, u32) {
         const CONSERVATIVE_ATTEMPTS: usize = 4;
         let (bank, other) = (bank & 1, (bank & 1) ^ 1);
-        let mask = (1usize << self.col_bits) - 1;
+        let mask = (1u64 << self.col_bits) - 1;
         let last = self.counters.len().saturating_sub(1);
         // The key's counter pair in each row. (An index is always in range; the `min`
         // keeps a mistake there from becoming a panic.)
-        let pairs: [&[AtomicU32; 2]; R] = std::array::from_fn(|row| {
-            let h = mix64(key.wrapping_add((row as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-            &self.counters[((row << self.col_bits) | (h as usize & mask)).min(last)]
-        });
+        let pairs: [&[AtomicU32; 2]; R] =
+            std::array::from_fn(|row| &self.counters[self.cell(key, row, mask).min(last)]);
         // The previous window's counters share a cache line with the current ones and
         // change only in a rotation (which the caller checks for): read once, here.
         let mut previous = u32::MAX;

@@ -674,10 +674,7 @@ fn encode_head(
             header::DATE => wrote_date = true,
             _ => {}
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let framing = match framing {
         Some(f) => f,
@@ -719,6 +716,16 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, server_close)
+}
+
+/// Appends one HTTP/1.1 field line, `name: value\r\n`, to `out`. Every head the shield writes
+/// (responses here, requests to the origin, its pages' fields) is written with it.
+#[inline]
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A chunk-size line (`1a2\r\n`) for `len`, in `buf`.

@@ -112,10 +112,7 @@ fn render_page(status: StatusCode, decision: &'static str, retry_after: Option<u
     }
     let mut encoded = Vec::new();
     for (name, value) in &fields {
-        encoded.extend_from_slice(name.as_str().as_bytes());
-        encoded.extend_from_slice(b": ");
-        encoded.extend_from_slice(value.as_bytes());
-        encoded.extend_from_slice(b"\r\n");
+        crate::h1::push_field(&mut encoded, name.as_str().as_bytes(), value.as_bytes());
     }
     Fixed {
         body: render(status),

@@ -1636,7 +1636,7 @@ async fn call_origin(
     let t0 = Instant::now();
     let (up, authority) = (&shared.upstream, &rt.config.origin.authority);
     let timeout = rt.config.origin.response_timeout;
-    // The own client's future is awaited here directly, not inside `Upstream::request_with`:
+    // The own client's future is awaited here directly, not inside `Upstream::request`:
     // one async layer less to size and move with every request.
     let r = if !upgrade && crate::upstream::own_path(&parts.method, &parts.headers, &body) {
         drop(body);

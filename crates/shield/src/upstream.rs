@@ -56,7 +56,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::h1::{deadline_in, field_name, head_may_end};
+use crate::h1::{deadline_in, field_name, head_may_end, push_field};
 
 /// Largest response head (status line and header fields) accepted from the origin.
 const MAX_HEAD: usize = 64 * 1024;
@@ -385,30 +385,18 @@ impl Upstream {
         upgrade: bool,
         timeout: Duration,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        self.request_with(authority, req, Added::default(), upgrade, timeout)
-            .await
-    }
-
-    /// [`request`](Self::request), with `added` fields after the request's own.
-    pub(crate) async fn request_with(
-        self: &Arc<Self>,
-        authority: &http::uri::Authority,
-        mut req: Request<Body>,
-        added: Added,
-        upgrade: bool,
-        timeout: Duration,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
         if !upgrade && own_path(req.method(), req.headers(), req.body()) {
             // The body is empty; it is dropped here.
             let (parts, _) = req.into_parts();
-            return self.request_own(authority, &parts, &added, timeout).await;
+            return self
+                .request_own(authority, &parts, &Added::default(), timeout)
+                .await;
         }
-        added.insert_into(req.headers_mut());
         self.request_other(authority, req, upgrade, timeout).await
     }
 
-    /// A request the own path does not take (see [`own_path`]), through hyper, with `added`
-    /// already in its head. Boxed: this rarer path's larger future would otherwise size (and be
+    /// A request the own path does not take (see [`own_path`]), through hyper, with any
+    /// [`Added`] fields already in its head. Boxed: this rarer path's larger future would otherwise size (and be
     /// copied with) every request's future.
     pub(crate) fn request_other<'a>(
         self: &'a Arc<Self>,
@@ -714,16 +702,10 @@ impl Conn {
             if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
                 close = true;
             }
-            b.extend_from_slice(name.as_str().as_bytes());
-            b.extend_from_slice(b": ");
-            b.extend_from_slice(value.as_bytes());
-            b.extend_from_slice(b"\r\n");
+            push_field(b, name.as_str().as_bytes(), value.as_bytes());
         }
         for (name, value) in added.fields() {
-            b.extend_from_slice(name.as_bytes());
-            b.extend_from_slice(b": ");
-            b.extend_from_slice(value);
-            b.extend_from_slice(b"\r\n");
+            push_field(b, name.as_bytes(), value);
         }
         b.extend_from_slice(b"\r\n");
         close
