@@ -6,14 +6,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::rawhead::RawHead;
 
 /// Errors inside a body stream (origin reset, size limit).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every response and forwarded request body: bytes that live as long as the process (the
-/// shield's own pages, rendered once; nothing at all), or any other body, boxed. Answering a
-/// flood with 429s then allocates no box per request.
+/// shield's own pages, rendered once; nothing at all), an origin's response on the shield's own
+/// client, or any other body, boxed. Answering a flood with 429s then allocates no box per
+/// request, and an origin's response one.
 ///
 /// It is as small as a box (16 bytes, checked below): a `Response` of it stays within the
 /// 128 bytes the compiler still moves with a few register stores rather than a `memcpy` call,
@@ -23,7 +25,66 @@ pub struct Body(Kind);
 enum Kind {
     /// Bytes sent as one frame; `NOTHING` once sent, or when there were none.
     Fixed(&'static Fixed),
-    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+    /// Any other body (an origin's response on the own client's path among them), boxed. A
+    /// third variant for the origin's would make `Body` 24 bytes: a box of a trait object
+    /// leaves room for one other variant only.
+    Boxed(Pin<Box<dyn Dyn>>),
+}
+
+/// A boxed body, which may carry an origin's head fields (see `rawhead`).
+trait Dyn: http_body::Body<Data = Bytes, Error = BoxError> + Send {
+    fn raw_head(&self) -> Option<&RawHead> {
+        None
+    }
+    fn raw_head_mut(self: Pin<&mut Self>) -> Option<&mut RawHead> {
+        None
+    }
+}
+
+/// Any body, its errors boxed.
+impl<B, F> Dyn for http_body_util::combinators::MapErr<B, F>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    F: FnMut(B::Error) -> BoxError + Send,
+{
+}
+
+/// An origin's response on the own client's path: its body, the route's origin permit held
+/// until the body ends (the origin counts as busy while it streams), and those of its head's
+/// fields not in the response's map (see `rawhead`; only `proxy::pass` leaves any there).
+pub(crate) struct Origin {
+    pub head: RawHead,
+    pub body: Guarded<crate::upstream::PooledBody, crate::gate::Permit>,
+}
+
+impl http_body::Body for Origin {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.get_mut().body).poll_frame(cx);
+        r.map(|f| f.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Dyn for Origin {
+    fn raw_head(&self) -> Option<&RawHead> {
+        Some(&self.head)
+    }
+    fn raw_head_mut(self: Pin<&mut Self>) -> Option<&mut RawHead> {
+        Some(&mut self.get_mut().head)
+    }
 }
 
 /// Bytes that live as long as the process (a page rendered once), and, for a shield page, the
@@ -37,7 +98,7 @@ pub struct Fixed {
 /// (`name: value\r\n` each) for the shield's own writer. They are not in the response's header
 /// map (building and dropping that map per 429 costs more than the rest of the answer): the
 /// HTTP/1.1 writer writes `encoded`, and responses handed to hyper get `fields` added first
-/// (`with_fixed_head`). Fields the handler adds to the response's map come after them, and must
+/// (`for_hyper`). Fields the handler adds to the response's map come after them, and must
 /// not repeat them.
 pub struct FixedHead {
     pub fields: http::HeaderMap,
@@ -58,7 +119,7 @@ impl Body {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Body(Kind::Boxed(body.map_err(Into::into).boxed_unsync()))
+        Body(Kind::Boxed(Box::pin(body.map_err(Into::into))))
     }
 
     /// Bytes that live as long as the process (a page rendered once), sent without a copy.
@@ -66,31 +127,56 @@ impl Body {
         Body(Kind::Fixed(b))
     }
 
+    /// An origin's response on the own client's path.
+    pub(crate) fn origin(o: Box<Origin>) -> Body {
+        // (A `Box<Origin>` becomes the box of the trait object without a new allocation.)
+        let b: Box<dyn Dyn> = o;
+        Body(Kind::Boxed(Box::into_pin(b)))
+    }
+
     /// The head fields of a shield page not yet in its response's map (see [`FixedHead`]).
     pub fn fixed_head(&self) -> Option<&'static FixedHead> {
         match self.0 {
             Kind::Fixed(f) => f.head.as_ref(),
-            Kind::Boxed(_) => None,
+            _ => None,
+        }
+    }
+
+    /// An origin's head fields not yet in its response's map (see `rawhead`).
+    pub(crate) fn raw_head(&self) -> Option<&RawHead> {
+        match &self.0 {
+            Kind::Boxed(b) => b.raw_head().filter(|h| !h.is_empty()),
+            Kind::Fixed(_) => None,
+        }
+    }
+
+    /// The same, to change; `None` when the body is not an origin's on the own client's path.
+    pub(crate) fn raw_head_mut(&mut self) -> Option<&mut RawHead> {
+        match &mut self.0 {
+            Kind::Boxed(b) => b.as_mut().raw_head_mut(),
+            Kind::Fixed(_) => None,
         }
     }
 }
 
-/// `resp` with a shield page's own head fields in its map, for every writer but the shield's
-/// own HTTP/1.1 one.
-pub fn with_fixed_head(mut resp: http::Response<Body>) -> http::Response<Body> {
-    if let Some(h) = resp.body().fixed_head() {
-        let map = resp.headers_mut();
-        let added = std::mem::replace(map, h.fields.clone());
-        // (The iterator names a field only at the first of its values.)
-        let mut last = None;
-        for (name, value) in added {
-            if name.is_some() {
-                last = name;
-            }
-            if let Some(name) = &last {
-                map.append(name.clone(), value);
-            }
+/// Puts into `resp`'s map the fields of an origin's head still outside it (see `rawhead`), so
+/// that the map holds every field. For any code that reads a response's fields.
+pub(crate) fn complete_head(resp: &mut http::Response<Body>) {
+    if resp.body().raw_head().is_some() {
+        let mut map = std::mem::take(resp.headers_mut());
+        if let Some(h) = resp.body_mut().raw_head_mut() {
+            h.move_into(&mut map);
         }
+        *resp.headers_mut() = map;
+    }
+}
+
+/// `resp` with every field in its map (a shield page's own, an origin's still outside it), for
+/// every writer but the shield's own HTTP/1.1 one.
+pub fn for_hyper(mut resp: http::Response<Body>) -> http::Response<Body> {
+    complete_head(&mut resp);
+    if let Some(h) = resp.body().fixed_head() {
+        crate::rawhead::prepend(resp.headers_mut(), h.fields.clone());
     }
     resp
 }
@@ -123,7 +209,7 @@ impl http_body::Body for Body {
                 let out = std::mem::replace(f, &NOTHING);
                 Poll::Ready((!out.body.is_empty()).then(|| Ok(Frame::data(out.body.clone()))))
             }
-            Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
+            Kind::Boxed(b) => b.as_mut().poll_frame(cx),
         }
     }
 
@@ -166,6 +252,21 @@ impl<B, G> Guarded<B, G> {
             inner,
             guard: Some(guard),
         }
+    }
+
+    /// Wraps `inner` with no guard yet (see `set_guard`).
+    pub fn unguarded(inner: B) -> Self {
+        Guarded { inner, guard: None }
+    }
+
+    /// Holds `guard` from now until the stream ends or is dropped.
+    pub fn set_guard(&mut self, guard: Option<G>) {
+        self.guard = guard;
+    }
+
+    /// The wrapped body; the guard is released.
+    pub fn into_inner(self) -> B {
+        self.inner
     }
 }
 

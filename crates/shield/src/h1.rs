@@ -44,6 +44,7 @@ use tokio::sync::watch;
 
 use crate::body::{Body, ReqBody};
 use crate::proxy::{Begun, ConnInfo};
+use crate::rawhead::Kind as RawKind;
 use crate::state::Shared;
 
 /// hyper's own limit on request header fields, kept so both readers agree.
@@ -620,62 +621,57 @@ fn encode_head(
     } else {
         Some(body.size_hint().exact())
     };
-    let mut framing = None;
-    let mut wrote_date = false;
-    let mut server_close = false;
-    let mut wrote_connection = false;
-    for (name, value) in &parts.headers {
-        match *name {
-            header::CONTENT_LENGTH => {
-                if framing.is_some() || no_content {
-                    continue;
-                }
-                match known {
-                    // The body's own size is what goes on the wire, so it is what the header
-                    // says, whatever the handler's copy of the header claimed.
-                    Some(Some(n)) => {
-                        framing = Some(Framing::Length(n));
-                        out.extend_from_slice(b"content-length: ");
-                        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                        out.extend_from_slice(b"\r\n");
-                        continue;
-                    }
-                    Some(None) => match std::str::from_utf8(value.as_bytes())
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                    {
-                        Some(n) => framing = Some(Framing::Length(n)),
-                        None => continue,
-                    },
-                    // An empty body: only a HEAD answer keeps the length it describes.
-                    None if head_req => framing = Some(Framing::Length(0)),
-                    None => continue,
-                }
-            }
-            header::TRANSFER_ENCODING => {
-                if !can_body || framing.is_some() {
-                    continue;
-                }
-                framing = Some(Framing::Chunked);
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                continue;
-            }
-            header::TRAILER if !can_body => continue,
-            header::CONNECTION => {
-                wrote_connection = true;
-                if value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                {
-                    server_close = true;
-                }
-            }
-            header::DATE => wrote_date = true,
-            _ => {}
+    let mut w = Fields {
+        out,
+        head_req,
+        no_content,
+        can_body,
+        known,
+        framing: None,
+        wrote_date: false,
+        server_close: false,
+        wrote_connection: false,
+    };
+    // An origin's fields as received (see `rawhead`), then the map's.
+    if let Some(raw) = body.raw_head() {
+        for (kind, name, value) in raw.fields() {
+            let class = match kind {
+                RawKind::Other | RawKind::Via => Class::Other,
+                RawKind::ContentLength => Class::ContentLength,
+                RawKind::Date => Class::Date,
+                RawKind::HopByHop
+                | RawKind::TransferEncoding
+                | RawKind::Connection
+                | RawKind::Drop => continue,
+            };
+            w.field(class, name, value);
         }
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        if let Some(v) = raw.via {
+            w.field(Class::Other, b"via", v.as_bytes());
+        }
+        if let Some(v) = raw.cache {
+            w.field(Class::Other, b"x-qalqan-cache", v.as_bytes());
+        }
     }
+    for (name, value) in &parts.headers {
+        let class = match *name {
+            header::CONTENT_LENGTH => Class::ContentLength,
+            header::TRANSFER_ENCODING => Class::TransferEncoding,
+            header::TRAILER => Class::Trailer,
+            header::CONNECTION => Class::Connection,
+            header::DATE => Class::Date,
+            _ => Class::Other,
+        };
+        w.field(class, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let Fields {
+        out,
+        framing,
+        wrote_date,
+        server_close,
+        wrote_connection,
+        ..
+    } = w;
     let framing = match framing {
         Some(f) => f,
         None => match known {
@@ -716,6 +712,87 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, server_close)
+}
+
+/// What the writer makes of a field.
+#[derive(Clone, Copy)]
+enum Class {
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Trailer,
+    Connection,
+    Date,
+}
+
+/// A response head's fields being written, and what they have said so far.
+struct Fields<'a> {
+    out: &'a mut Vec<u8>,
+    head_req: bool,
+    no_content: bool,
+    can_body: bool,
+    known: Option<Option<u64>>,
+    framing: Option<Framing>,
+    wrote_date: bool,
+    server_close: bool,
+    wrote_connection: bool,
+}
+
+impl Fields<'_> {
+    /// Writes one field, or what it must become on the wire, or nothing.
+    fn field(&mut self, class: Class, name: &[u8], value: &[u8]) {
+        match class {
+            Class::ContentLength => {
+                if self.framing.is_some() || self.no_content {
+                    return;
+                }
+                match self.known {
+                    // The body's own size is what goes on the wire, so it is what the header
+                    // says, whatever the handler's copy of the header claimed.
+                    Some(Some(n)) => {
+                        self.framing = Some(Framing::Length(n));
+                        self.out.extend_from_slice(b"content-length: ");
+                        self.out
+                            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                        self.out.extend_from_slice(b"\r\n");
+                        return;
+                    }
+                    Some(None) => match std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        Some(n) => self.framing = Some(Framing::Length(n)),
+                        None => return,
+                    },
+                    // An empty body: only a HEAD answer keeps the length it describes.
+                    None if self.head_req => self.framing = Some(Framing::Length(0)),
+                    None => return,
+                }
+            }
+            Class::TransferEncoding => {
+                if !self.can_body || self.framing.is_some() {
+                    return;
+                }
+                self.framing = Some(Framing::Chunked);
+                self.out
+                    .extend_from_slice(b"transfer-encoding: chunked\r\n");
+                return;
+            }
+            Class::Trailer if !self.can_body => return,
+            Class::Connection => {
+                self.wrote_connection = true;
+                if value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                {
+                    self.server_close = true;
+                }
+            }
+            Class::Date => self.wrote_date = true,
+            Class::Trailer | Class::Other => {}
+        }
+        push_field(self.out, name, value);
+    }
 }
 
 /// Appends one HTTP/1.1 field line, `name: value\r\n`, to `out`. Every head the shield writes

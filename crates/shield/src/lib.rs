@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod push;
+mod rawhead;
 pub mod server;
 pub mod state;
 pub mod upstream;

@@ -203,7 +203,7 @@ mod tests {
     fn pages_are_small_and_marked() {
         for s in [429u16, 403, 503, 502, 504, 413, 400] {
             let st = StatusCode::from_u16(s).unwrap();
-            let r = crate::body::with_fixed_head(page(st, "limited", Some(1)));
+            let r = crate::body::for_hyper(page(st, "limited", Some(1)));
             assert_eq!(r.status(), st);
             assert!(r.headers().contains_key("x-qalqan-decision"));
             let len = http_body::Body::size_hint(r.body()).exact().unwrap();

@@ -72,13 +72,17 @@ enum CacheStatus {
 }
 
 impl CacheStatus {
-    fn value(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
+    fn as_str(self) -> &'static str {
+        match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Stale => "stale",
             CacheStatus::Bypass => "bypass",
-        })
+        }
+    }
+
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
     }
 }
 
@@ -888,7 +892,7 @@ async fn fill(
     mut to: FillTo,
 ) {
     let route = &rt.routes[index];
-    let resp = match call_origin(&shared, &rt, &conn, route, client, out, false).await {
+    let resp = match call_origin(&shared, &rt, &conn, route, client, out, Call::Read).await {
         Ok(r) => r,
         Err(f) => {
             // A challenge is this client's answer, not the origin's failure: the others waiting
@@ -1192,7 +1196,7 @@ async fn pass(
         .is_some_and(|c| c.challengeable)
         .then(|| (parts.uri.clone(), parts.headers.clone()));
     let out = Request::from_parts(parts, limited_body(body, rt.config.client.max_body_bytes));
-    let result = call_origin(shared, rt, conn, route, client, out, false).await;
+    let result = call_origin(shared, rt, conn, route, client, out, Call::Pass).await;
     let fallback =
         |st: Option<&Arc<CachedResponse>>| saved.as_ref().and_then(|(m, h)| stale_answer(st, m, h));
     match result {
@@ -1201,8 +1205,14 @@ async fn pass(
             None => (r, Decision::Pass),
         },
         Ok(mut r) => {
-            r.headers_mut()
-                .insert(X_QALQAN_CACHE.clone(), CacheStatus::Bypass.value());
+            match r.body_mut().raw_head_mut() {
+                // Its fields are still as received (see `rawhead`): this one joins them.
+                Some(h) if !h.is_empty() => h.cache = Some(CacheStatus::Bypass.as_str()),
+                _ => {
+                    r.headers_mut()
+                        .insert(X_QALQAN_CACHE.clone(), CacheStatus::Bypass.value());
+                }
+            }
             (r, Decision::Pass)
         }
         Err(OriginFail::Challenge) if for_challenge.is_some() => {
@@ -1233,7 +1243,7 @@ async fn pass_upgrade(
     let client_side = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
     let out = Request::from_parts(parts, empty());
-    match call_origin(shared, rt, conn, route, client, out, true).await {
+    match call_origin(shared, rt, conn, route, client, out, Call::Upgrade).await {
         Ok(mut resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let origin_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
@@ -1595,6 +1605,24 @@ enum OriginFail {
     Timeout,
 }
 
+/// What a caller of [`call_origin`] does with the response.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Passes it on unread: a response on the own client's path may keep its fields as received,
+    /// outside its map (see `rawhead`).
+    Pass,
+    /// Reads its fields (a cache fill): they are all in its map.
+    Read,
+    /// Forwards a protocol upgrade (WebSocket).
+    Upgrade,
+}
+
+/// A response from either of the upstream paths.
+enum Answer {
+    Own(crate::upstream::OwnResponse),
+    Hyper(Response<crate::upstream::PooledBody>),
+}
+
 /// Calls the origin through the route's gate. The permit travels with the response body, so
 /// the origin counts as busy for as long as it streams.
 async fn call_origin(
@@ -1604,8 +1632,9 @@ async fn call_origin(
     route: &RouteState,
     client: IpAddr,
     req: Request<Body>,
-    upgrade: bool,
+    how: Call,
 ) -> Result<Response<Body>, OriginFail> {
+    let upgrade = how == Call::Upgrade;
     let (mut parts, body) = req.into_parts();
     let added =
         upstream_request(rt, conn, client, &mut parts, upgrade).map_err(OriginFail::Refused)?;
@@ -1640,11 +1669,15 @@ async fn call_origin(
     // one async layer less to size and move with every request.
     let r = if !upgrade && crate::upstream::own_path(&parts.method, &parts.headers, &body) {
         drop(body);
-        up.request_own(authority, &parts, &added, timeout).await
+        up.request_own(authority, &parts, &added, timeout)
+            .await
+            .map(Answer::Own)
     } else {
         let mut req = Request::from_parts(parts, body);
         added.insert_into(req.headers_mut());
-        up.request_other(authority, req, upgrade, timeout).await
+        up.request_other(authority, req, upgrade, timeout)
+            .await
+            .map(Answer::Hyper)
     };
     m.origin_in_flight.fetch_sub(1, Relaxed);
     // The adaptive limit learns from every answer: its time when the origin answered, an
@@ -1671,8 +1704,39 @@ async fn call_origin(
         }
         Ok(r) => r,
     };
-    report(resp.status() != StatusCode::SERVICE_UNAVAILABLE);
+    let status = match &resp {
+        Answer::Own(o) => o.status,
+        Answer::Hyper(r) => r.status(),
+    };
+    report(status != StatusCode::SERVICE_UNAVAILABLE);
     m.origin_latency(t0.elapsed());
+    let resp = match resp {
+        Answer::Own(o) => {
+            let crate::upstream::OwnResponse {
+                status,
+                version,
+                mut headers,
+                mut origin,
+            } = o;
+            origin.body.set_guard(permit);
+            if how == Call::Pass && !origin.head.is_empty() {
+                // Passed on as received; this hop's entry joins them.
+                origin.head.via = Some(via_of(Version::HTTP_11));
+            } else {
+                if !origin.head.is_empty() {
+                    headers = origin.head.take_map();
+                }
+                strip_hop_by_hop(&mut headers, false);
+                append_via(&mut headers, Version::HTTP_11);
+            }
+            let mut r = Response::new(Body::origin(origin));
+            *r.status_mut() = status;
+            *r.version_mut() = version;
+            *r.headers_mut() = headers;
+            return Ok(r);
+        }
+        Answer::Hyper(r) => r,
+    };
     let (mut parts, body) = resp.into_parts();
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(&mut parts.headers, false);

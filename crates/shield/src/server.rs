@@ -500,7 +500,7 @@ async fn serve_io<I>(
                 let r = fut.await;
                 drop(guard);
                 // hyper writes only the header map: a shield page's own fields go into it.
-                r.map(crate::body::with_fixed_head)
+                r.map(crate::body::for_hyper)
             }
         })
     };

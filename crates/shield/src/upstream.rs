@@ -55,8 +55,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
-use crate::h1::{deadline_in, field_name, head_may_end, push_field};
+use crate::body::{Body, Origin};
+use crate::h1::{deadline_in, head_may_end, push_field};
+use crate::rawhead::{Field, Kind, MAX_FIELDS, RawHead, map_of};
 
 /// Largest response head (status line and header fields) accepted from the origin.
 const MAX_HEAD: usize = 64 * 1024;
@@ -388,9 +389,10 @@ impl Upstream {
         if !upgrade && own_path(req.method(), req.headers(), req.body()) {
             // The body is empty; it is dropped here.
             let (parts, _) = req.into_parts();
-            return self
+            let own = self
                 .request_own(authority, &parts, &Added::default(), timeout)
-                .await;
+                .await?;
+            return Ok(own.into_response());
         }
         self.request_other(authority, req, upgrade, timeout).await
     }
@@ -462,7 +464,7 @@ impl Upstream {
         parts: &http::request::Parts,
         added: &Added,
         timeout: Duration,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
+    ) -> Result<OwnResponse, UpstreamError> {
         let head_only = parts.method == Method::HEAD;
         let deadline = deadline_in(timeout);
         let mut retried = false;
@@ -496,6 +498,14 @@ impl Upstream {
                 }
                 Err(HeadError::Fail(e)) => return Err(e),
             };
+            let (headers, raw) = match head.fields {
+                // (`parse_head` keeps at most `MAX_FIELDS` this way.)
+                Fields::Raw(bytes) => (
+                    HeaderMap::new(),
+                    RawHead::new(bytes, &conn.spans).unwrap_or_else(RawHead::empty),
+                ),
+                Fields::Map(m) => (m, RawHead::empty()),
+            };
             let body = PooledBody::own(OwnBody {
                 conn: Some(conn),
                 framing: head.framing,
@@ -503,16 +513,52 @@ impl Upstream {
                 pool: self.clone(),
                 generation,
             });
-            let mut resp = Response::new(body);
-            *resp.status_mut() = head.status;
-            *resp.version_mut() = head.version;
-            *resp.headers_mut() = head.headers;
-            return Ok(resp);
+            return Ok(OwnResponse {
+                status: head.status,
+                version: head.version,
+                headers,
+                origin: Box::new(Origin {
+                    head: raw,
+                    body: crate::body::Guarded::unguarded(body),
+                }),
+            });
         }
     }
 
     fn generation(&self) -> u64 {
         self.slots.lock().map_or(u64::MAX, |s| s.generation)
+    }
+}
+
+/// A response on the own path. Its fields are in `headers`, or, when the head was plain enough
+/// to pass on as it came (see `rawhead`), in `origin.head`, hop-by-hop ones marked, and
+/// `headers` is empty.
+pub(crate) struct OwnResponse {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub origin: Box<Origin>,
+}
+
+impl OwnResponse {
+    /// As a response with every field in its map (hop-by-hop ones too, for the caller to strip).
+    pub(crate) fn into_response(self) -> Response<PooledBody> {
+        let OwnResponse {
+            status,
+            version,
+            mut headers,
+            origin,
+        } = self;
+        let Origin { head, body } = *origin;
+        let body = body.into_inner();
+        if !head.is_empty() {
+            headers = head.to_map(true);
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        resp
     }
 }
 
@@ -596,10 +642,19 @@ enum Framing {
 struct Head {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    fields: Fields,
     framing: Framing,
     /// Whether the connection may carry another request once the body is read.
     keep: bool,
+}
+
+/// Where a response head's fields are.
+enum Fields {
+    /// In these bytes, at the places the connection's `spans` give (at most `MAX_FIELDS`).
+    Raw(Bytes),
+    /// In a map (a head with a `Via`, a `Connection` naming fields, a length to correct, or
+    /// more than `MAX_FIELDS` fields).
+    Map(HeaderMap),
 }
 
 enum HeadError {
@@ -623,9 +678,9 @@ struct Conn {
     rbuf: BytesMut,
     /// The request head being written; kept to be reused by the next request.
     wbuf: Vec<u8>,
-    /// Where each field of the response head lies (scratch space kept between responses, so a
-    /// response costs no zeroed array of 100 slots; at most 100 entries).
-    spans: Vec<(u32, u32, u32, u32)>,
+    /// Where each field of the response head lies, and what it is (scratch space kept between
+    /// responses, so a response costs no zeroed array of 100 slots; at most 100 entries).
+    spans: Vec<Field>,
     /// The response timeout's timer, kept with the connection and moved to each request's
     /// deadline: a later deadline only updates the registered entry (an atomic store), where a
     /// timer per request would enter and leave the runtime's timer wheel every time. Made on
@@ -809,11 +864,11 @@ impl Conn {
         if self.rbuf.is_empty() {
             return Ok(Parsed::Partial);
         }
-        // Where each field's name and value lie in the head, as (start, len) pairs: the parsed
-        // slices borrow `rbuf`, which is split below.
+        // Where each field's name and value lie in the head, and what it is: the parsed slices
+        // borrow `rbuf`, which is split below.
         let spans = &mut self.spans;
         spans.clear();
-        let (len, code, minor, count) = {
+        let (len, code, minor) = {
             let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut res = httparse::Response::new(&mut []);
             let buf: &[u8] = &self.rbuf;
@@ -830,28 +885,17 @@ impl Conn {
             if len > MAX_HEAD {
                 return Err(UpstreamError::Protocol("response head too large"));
             }
-            let base = buf.as_ptr() as usize;
-            let offset = |s: &[u8]| -> u32 {
-                if s.is_empty() {
-                    0
-                } else {
-                    // Out of range (cannot happen) fails the bounds check below.
-                    u32::try_from((s.as_ptr() as usize).wrapping_sub(base)).unwrap_or(u32::MAX)
-                }
-            };
-            let count = res.headers.len();
+            let head = &buf[..len];
             for h in res.headers.iter() {
-                spans.push((
-                    offset(h.name.as_bytes()),
-                    h.name.len() as u32,
-                    offset(h.value),
-                    h.value.len() as u32,
-                ));
+                let name = h.name.as_bytes();
+                let field = Field::new(head, name, h.value, Kind::of(name))
+                    .ok_or_else(|| UpstreamError::Protocol("malformed response head"))?;
+                spans.push(field);
             }
             let (Some(code), Some(minor)) = (res.code, res.version) else {
                 return Err(UpstreamError::Protocol("malformed response head"));
             };
-            (len, code, minor, count)
+            (len, code, minor)
         };
         let status = StatusCode::from_u16(code)
             .map_err(|_| UpstreamError::Protocol("invalid status code"))?;
@@ -871,13 +915,6 @@ impl Conn {
             _ => return Err(UpstreamError::Protocol("unsupported HTTP version")),
         };
         let head = self.rbuf.split_to(len).freeze();
-        let slice = |start: u32, n: u32| -> Option<Bytes> {
-            let (start, n) = (start as usize, n as usize);
-            let end = start.checked_add(n)?;
-            (end <= head.len()).then(|| head.slice(start..end))
-        };
-        // Room for what the shield adds (via, x-qalqan-cache, ...) without growing the map.
-        let mut headers = HeaderMap::with_capacity(count + 4);
         let mut length = None;
         // Whether the Content-Length fields, as received, are one field already in plain form.
         let mut length_fields = 0u32;
@@ -885,45 +922,50 @@ impl Conn {
         let mut te = false;
         let mut chunked = false;
         let mut close = req_close;
-        for &(ns, nl, vs, vl) in spans.iter().take(count) {
-            // A name is parsed from the bytes (standard names need no copy of them); a value
-            // shares the head's buffer.
-            let name = (ns as usize)
-                .checked_add(nl as usize)
-                .and_then(|end| head.get(ns as usize..end))
-                .and_then(field_name)
-                .ok_or_else(|| UpstreamError::Protocol("invalid header name"))?;
-            let value = slice(vs, vl)
-                .and_then(|v| HeaderValue::from_maybe_shared(v).ok())
-                .ok_or_else(|| UpstreamError::Protocol("invalid header value"))?;
-            if name == header::CONTENT_LENGTH {
-                content_length(value.as_bytes(), &mut length).map_err(UpstreamError::Protocol)?;
-                length_fields += 1;
-                length_plain &= length
-                    .is_some_and(|n| itoa::Buffer::new().format(n).as_bytes() == value.as_bytes());
-            } else if name == header::TRANSFER_ENCODING {
-                te = true;
-                // The last coding decides: only a final `chunked` delimits the body.
-                if let Some(last) = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .find(|t| !t.is_empty())
-                {
-                    chunked = last.eq_ignore_ascii_case(b"chunked");
+        // Whether the fields can be passed on as they came (see `rawhead`): not too many, no
+        // `Via` for this hop's entry to join, no `Connection` naming other fields.
+        let mut raw = spans.len() <= MAX_FIELDS;
+        // (httparse checked every name and value: the `http` crate accepts the same bytes, as a
+        // property test in `rawhead` checks.)
+        for f in spans.iter_mut() {
+            let value = f.value(&head);
+            match f.kind {
+                Kind::ContentLength => {
+                    content_length(value, &mut length).map_err(UpstreamError::Protocol)?;
+                    length_fields += 1;
+                    length_plain &=
+                        length.is_some_and(|n| itoa::Buffer::new().format(n).as_bytes() == value);
                 }
-            } else if name == header::CONNECTION {
-                close |= has_token(value.as_bytes(), b"close");
-                // A Connection field naming only this connection's state (`keep-alive`,
-                // `close`) is hop-by-hop and names no other field: dropped here rather than
-                // stored to be stripped again. One naming fields stays for the stripping.
-                if only_connection_state(value.as_bytes()) {
-                    continue;
+                Kind::TransferEncoding => {
+                    te = true;
+                    // The last coding decides: only a final `chunked` delimits the body.
+                    if let Some(last) = value
+                        .rsplit(|&b| b == b',')
+                        .map(<[u8]>::trim_ascii)
+                        .find(|t| !t.is_empty())
+                    {
+                        chunked = last.eq_ignore_ascii_case(b"chunked");
+                    }
                 }
+                Kind::Connection => {
+                    close |= has_token(value, b"close");
+                    // A Connection field naming only this connection's state (`keep-alive`,
+                    // `close`) is hop-by-hop and names no other field: dropped here rather than
+                    // stored to be stripped again. One naming fields stays for the stripping.
+                    if only_connection_state(value) {
+                        f.kind = Kind::Drop;
+                    } else {
+                        raw = false;
+                    }
+                }
+                Kind::Via => raw = false,
+                _ => {}
             }
-            headers.append(name, value);
         }
         let mut keep = version == Version::HTTP_11 && !close;
+        // What the Content-Length passed on must be instead of the received one: none, or one
+        // plain value.
+        let mut fix_length: Option<Option<u64>> = None;
         let framing = if head_only
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -937,7 +979,7 @@ impl Conn {
                 keep = false;
                 // RFC 9112 6.3: the received Content-Length must not be passed on; it would
                 // frame the decoded body wrongly for the client and for the cache.
-                headers.remove(header::CONTENT_LENGTH);
+                fix_length = Some(None);
             }
             if chunked && version == Version::HTTP_11 {
                 Framing::Chunked(Chunked::new())
@@ -951,7 +993,7 @@ impl Conn {
             if let Some(n) = length
                 && (length_fields > 1 || !length_plain)
             {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                fix_length = Some(Some(n));
             }
             match length {
                 Some(0) => Framing::Done,
@@ -962,10 +1004,25 @@ impl Conn {
                 }
             }
         };
+        let fields = if raw && fix_length.is_none() {
+            Fields::Raw(head)
+        } else {
+            let mut headers = map_of(&head, spans, true);
+            match fix_length {
+                Some(Some(n)) => {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                Some(None) => {
+                    headers.remove(header::CONTENT_LENGTH);
+                }
+                None => {}
+            }
+            Fields::Map(headers)
+        };
         Ok(Parsed::Final(Head {
             status,
             version,
-            headers,
+            fields,
             framing,
             keep,
         }))

@@ -991,3 +991,79 @@ async fn a_body_lost_before_its_first_byte_is_answered_502() {
     assert!(String::from_utf8_lossy(&w.body).contains("502"));
     assert!(w.trailing.is_empty(), "nothing after the page");
 }
+
+/// An origin's response head on its way to the reader, through either writer (the shield's own
+/// HTTP/1.1 one, which copies a plain head's fields from the bytes received, and hyper's, here
+/// for an HTTP/1.0 client), on the first request of a key (a cache fill, which reads the
+/// fields) and on later ones (passed on): end-to-end fields arrive once each, in order, in
+/// their received case or not; hop-by-hop ones never; `Date`, `Content-Length`, `Via` and
+/// `x-qalqan-cache` once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_s_head_reaches_the_reader_the_same_through_either_writer() {
+    let addr = raw_origin(|mut s: TcpStream| async move {
+        let (head, _) = read_head(&mut s).await;
+        let reply: &[u8] = if head.contains(" /te ") {
+            b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\nX-Custom: One\r\n\
+              Set-Cookie: a=1\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n\
+              Proxy-Authenticate: Basic\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\n\
+              Cache-Control: no-store\r\nset-cookie: b=2\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n"
+        } else if head.contains(" /cl ") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: no-store\r\nX-Custom: Two\r\n\r\nhello"
+        } else {
+            b"HTTP/1.1 200 OK\r\nVia: 1.1 varnish\r\nContent-Length: 5\r\nCache-Control: no-store\r\n\r\nhello"
+        };
+        let _ = s.write_all(reply).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let sh = shield_with_origin(&format!("http://{addr}"), "", "").await;
+    for path in ["/te", "/cl", "/via"] {
+        for (round, version) in ["1.1", "1.1", "1.0", "1.0"].into_iter().enumerate() {
+            let what = format!("{path} HTTP/{version}, request {}", round + 1);
+            let req = format!(
+                "GET {path} HTTP/{version}\r\nHost: news.example\r\nConnection: close\r\n\r\n"
+            );
+            let out = raw(sh.listen[0], req.as_bytes(), WAIT).await;
+            let w = parse_wire(&out, false);
+            assert_eq!(w.status, 200, "{what}: {}", String::from_utf8_lossy(&out));
+            assert_eq!(w.body, b"hello", "{what}");
+            for gone in ["keep-alive", "proxy-authenticate", "trailer", "upgrade"] {
+                assert_eq!(w.header(gone), None, "{what}: {gone} passed on");
+            }
+            assert_eq!(w.header_all("x-qalqan-cache"), ["bypass"], "{what}");
+            assert_eq!(w.header_all("date").len(), 1, "{what}: {:?}", w.headers);
+            let te = w.header_all("transfer-encoding");
+            match path {
+                "/te" => {
+                    assert_eq!(w.header_all("x-custom"), ["One"], "{what}");
+                    assert_eq!(w.header_all("set-cookie"), ["a=1", "b=2"], "{what}");
+                    assert_eq!(
+                        w.header_all("date"),
+                        ["Tue, 01 Jan 2030 00:00:00 GMT"],
+                        "{what}: the origin's date is kept"
+                    );
+                    // The origin's chunking ends at the shield: an HTTP/1.1 reader gets the
+                    // shield's own, an HTTP/1.0 one none.
+                    let want: &[&str] = if version == "1.1" { &["chunked"] } else { &[] };
+                    assert_eq!(te, want, "{what}");
+                    assert_eq!(w.header_all("via"), ["1.1 qalqan"], "{what}");
+                }
+                "/cl" => {
+                    assert_eq!(w.header_all("x-custom"), ["Two"], "{what}");
+                    assert_eq!(w.header_all("content-length"), ["5"], "{what}");
+                    assert!(te.is_empty(), "{what}");
+                    assert_eq!(w.header_all("via"), ["1.1 qalqan"], "{what}");
+                }
+                _ => {
+                    assert_eq!(w.header_all("content-length"), ["5"], "{what}");
+                    assert_eq!(
+                        w.header_all("via").join(", "),
+                        "1.1 varnish, 1.1 qalqan",
+                        "{what}: the origin's Via, then this hop"
+                    );
+                }
+            }
+        }
+    }
+}
