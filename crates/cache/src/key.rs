@@ -188,6 +188,7 @@ fn normalize_host_into(host: &str, out: &mut String) -> Option<()> {
         }
         (name, port)
     };
+    // A port other than the default, as its digits without leading zeros.
     let port = match port {
         None | Some("") => None,
         Some(port) => {
@@ -197,7 +198,9 @@ fn normalize_host_into(host: &str, out: &mut String) -> Option<()> {
             match port.parse::<u16>().ok()? {
                 80 | 443 => None,
                 0 => return None,
-                other => Some(other),
+                // The digits as given, when they are already the plain form (most are).
+                _ if !port.starts_with('0') => Some(port),
+                _ => Some(port.trim_start_matches('0')),
             }
         }
     };
@@ -205,21 +208,8 @@ fn normalize_host_into(host: &str, out: &mut String) -> Option<()> {
     let start = out.len() - name.len();
     out[start..].make_ascii_lowercase();
     if let Some(port) = port {
-        // Digits by hand: this runs on every cacheable request, and `to_string` goes through
-        // the formatting machinery.
         out.push(':');
-        let mut digits = [0u8; 5];
-        let mut n = port;
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend(digits[i..].iter().map(|&d| char::from(d)));
+        out.push_str(port);
     }
     Some(())
 }

@@ -18,6 +18,7 @@ mod h1;
 #[doc(hidden)]
 pub use h1::fuzz_take;
 pub mod limiter;
+mod lookup;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;

@@ -27,6 +27,7 @@ use qalqan_net::forwarded::{AddrSource, client_from_xff};
 use crate::accesslog::Entry;
 use crate::body::{Body, ChannelBody, Guarded, Prefixed, ReqBody, empty, full};
 use crate::config::{ChallengePolicy, FailMode};
+use crate::lookup;
 use crate::metrics::Decision;
 use crate::pages::{X_QALQAN_CACHE, X_QALQAN_REASON, page};
 use crate::state::{Flight, FlightGuard, Outcome, RouteState, Runtime, Shared, flight, tag};
@@ -134,6 +135,11 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Handles one request end to end. Never fails: every outcome is a response.
+///
+/// Some of the response's fields may be outside its header map: a shield page's own (see
+/// `body::FixedHead`) and an origin's head passed on as received (see `rawhead`). The shield's
+/// HTTP/1.1 writer writes them from there; anything else that reads or writes the fields must
+/// first call [`crate::body::for_hyper`], as the hyper service does.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
@@ -261,10 +267,9 @@ fn version_str(v: Version) -> &'static str {
 /// The client's address: the peer, or what trusted proxies say in X-Forwarded-For.
 fn client_ip(shared: &Shared, rt: &Runtime, conn: &ConnInfo, headers: &HeaderMap) -> IpAddr {
     let peer = qalqan_net::cidr::canonical_ip(conn.peer.ip());
-    let xff = headers.get_all(&X_FORWARDED_FOR);
     let mut values: [&[u8]; 8] = [b""; 8];
     let mut n = 0;
-    for v in xff.iter() {
+    for v in lookup::values(headers, &X_FORWARDED_FOR) {
         if n == values.len() {
             break;
         }
@@ -310,7 +315,7 @@ fn protect(
     now: u64,
 ) -> Verdict {
     let lists = &rt.config.lists;
-    let ua = headers.get(header::USER_AGENT).map(|v| v.as_bytes());
+    let ua = lookup::first(headers, &header::USER_AGENT).map(|v| v.as_bytes());
     let ua_str = ua.and_then(|b| std::str::from_utf8(b).ok());
     if lists.deny_cidrs.contains(client)
         || lists
@@ -421,6 +426,8 @@ fn offence(shared: &Shared, rt: &Runtime, client: IpAddr, route: &str) {
     }
 }
 
+/// The answer to a request and how it was decided. The response's fields may be partly outside
+/// its map, as [`handle`] says.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
@@ -823,9 +830,7 @@ fn cache_key_of<B>(route: &RouteState, req: &Request<B>, tls: bool) -> Option<St
     }
     let host = host_of(req).unwrap_or_default();
     let ae = qalqan_cache::key::accept_encoding_class(
-        req.headers()
-            .get(header::ACCEPT_ENCODING)
-            .map(|v| v.as_bytes()),
+        lookup::first(req.headers(), &header::ACCEPT_ENCODING).map(|v| v.as_bytes()),
     );
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let key = qalqan_cache::key::cache_key(&Method::GET, host, pq, ae, &route.key_rules)?;
@@ -1262,7 +1267,7 @@ async fn pass_upgrade(
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
+    lookup::first(h, &header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .trim()
@@ -1271,17 +1276,13 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 fn has_credentials(h: &HeaderMap) -> bool {
-    h.contains_key(header::COOKIE) || h.contains_key(header::AUTHORIZATION)
+    lookup::has(h, &header::COOKIE) || lookup::has(h, &header::AUTHORIZATION)
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v, "upgrade"))
+        && lookup::has(req.headers(), &header::UPGRADE)
+        && lookup::values(req.headers(), &header::CONNECTION).any(|v| has_token(v, "upgrade"))
 }
 
 fn has_token(v: &HeaderValue, token: &str) -> bool {
@@ -1291,7 +1292,7 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
 }
 
 fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    if let Some(h) = req.headers().get(header::HOST) {
+    if let Some(h) = lookup::first(req.headers(), &header::HOST) {
         return h.to_str().ok();
     }
     req.uri().authority().map(|a| a.as_str())
@@ -1378,7 +1379,7 @@ fn upstream_request(
     };
     // One Host field stays as it is (usually no work); repeated ones become the first, and a
     // request without one gets it from its target or the origin's address.
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let mut hosts = lookup::values(&parts.headers, &header::HOST);
     let host = match (hosts.next(), hosts.next(), parts.uri.authority()) {
         (Some(_), None, _) => None,
         (Some(h), Some(_), _) => Some(h.clone()),
@@ -1410,9 +1411,7 @@ fn upstream_request(
         ip_value(client)
     };
     let xff = if conn.peer_trusted {
-        let prior: Vec<&str> = h
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
+        let prior: Vec<&str> = lookup::values(h, &X_FORWARDED_FOR)
             .filter_map(|v| v.to_str().ok())
             .collect();
         if prior.is_empty() {

@@ -57,10 +57,12 @@ use tokio::net::TcpStream;
 
 use crate::body::{Body, Origin};
 use crate::h1::{deadline_in, head_may_end, push_field};
-use crate::rawhead::{Field, Kind, MAX_FIELDS, RawHead, map_of};
+use crate::rawhead::{Field, Kind, MAX_FIELDS, RawHead, lower_eq, map_of};
 
 /// Largest response head (status line and header fields) accepted from the origin.
 const MAX_HEAD: usize = 64 * 1024;
+// Places in a head are 16-bit (see `rawhead::Field`).
+const _: () = assert!(MAX_HEAD <= 1 << 16);
 /// Most header fields accepted in a response head.
 const MAX_HEADERS: usize = 100;
 /// Most interim (1xx) responses accepted before the final one.
@@ -606,6 +608,19 @@ fn only_connection_state(value: &[u8]) -> bool {
 /// Adds the values of one Content-Length field line to `seen`: a list of identical decimal
 /// numbers is one length; anything else is an error.
 fn content_length(value: &[u8], seen: &mut Option<u64>) -> Result<(), &'static str> {
+    // The usual field first: one number of at most 19 digits (no overflow), nothing else.
+    if (1..=19).contains(&value.len()) && value.iter().all(u8::is_ascii_digit) {
+        let n = value
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        return match *seen {
+            Some(prev) if prev != n => Err("conflicting Content-Length values"),
+            _ => {
+                *seen = Some(n);
+                Ok(())
+            }
+        };
+    }
     for part in value.split(|&b| b == b',') {
         let digits = part.trim_ascii();
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
@@ -933,8 +948,9 @@ impl Conn {
                 Kind::ContentLength => {
                     content_length(value, &mut length).map_err(UpstreamError::Protocol)?;
                     length_fields += 1;
-                    length_plain &=
-                        length.is_some_and(|n| itoa::Buffer::new().format(n).as_bytes() == value);
+                    // Plain: digits only, no leading zero (the fast path above took digits only).
+                    length_plain &= value.iter().all(u8::is_ascii_digit)
+                        && (value.len() == 1 || value[0] != b'0');
                 }
                 Kind::TransferEncoding => {
                     te = true;
@@ -948,17 +964,23 @@ impl Conn {
                     }
                 }
                 Kind::Connection => {
-                    close |= has_token(value, b"close");
                     // A Connection field naming only this connection's state (`keep-alive`,
                     // `close`) is hop-by-hop and names no other field: dropped here rather than
                     // stored to be stripped again. One naming fields stays for the stripping.
+                    // (One token, the usual case, is compared whole.)
+                    let one = value.trim_ascii();
+                    if lower_eq(one, b"keep-alive") {
+                        f.kind = Kind::Drop;
+                        continue;
+                    }
+                    close |= has_token(value, b"close");
                     if only_connection_state(value) {
                         f.kind = Kind::Drop;
                     } else {
                         raw = false;
                     }
                 }
-                Kind::Via => raw = false,
+                Kind::Via | Kind::Replaced => raw = false,
                 _ => {}
             }
         }

@@ -500,7 +500,7 @@ pub fn identify(
     if !wants_challenge && c.rate_per_address == 0 && c.rate_per_prefix == 0 {
         return None;
     }
-    let ua = headers.get(http::header::USER_AGENT)?;
+    let ua = crate::lookup::first(headers, &http::header::USER_AGENT)?;
     g.check(ua.as_bytes(), client, &shared.fcrdns)
 }
 

@@ -1010,6 +1010,9 @@ async fn an_origin_s_head_reaches_the_reader_the_same_through_either_writer() {
               5\r\nhello\r\n0\r\n\r\n"
         } else if head.contains(" /cl ") {
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: no-store\r\nX-Custom: Two\r\n\r\nhello"
+        } else if head.contains(" /mark ") {
+            // Another shield's mark is replaced by this one's.
+            b"HTTP/1.1 200 OK\r\nX-Qalqan-Cache: hit\r\nContent-Length: 5\r\nCache-Control: no-store\r\n\r\nhello"
         } else {
             b"HTTP/1.1 200 OK\r\nVia: 1.1 varnish\r\nContent-Length: 5\r\nCache-Control: no-store\r\n\r\nhello"
         };
@@ -1018,7 +1021,7 @@ async fn an_origin_s_head_reaches_the_reader_the_same_through_either_writer() {
     })
     .await;
     let sh = shield_with_origin(&format!("http://{addr}"), "", "").await;
-    for path in ["/te", "/cl", "/via"] {
+    for path in ["/te", "/cl", "/mark", "/via"] {
         for (round, version) in ["1.1", "1.1", "1.0", "1.0"].into_iter().enumerate() {
             let what = format!("{path} HTTP/{version}, request {}", round + 1);
             let req = format!(
@@ -1049,8 +1052,9 @@ async fn an_origin_s_head_reaches_the_reader_the_same_through_either_writer() {
                     assert_eq!(te, want, "{what}");
                     assert_eq!(w.header_all("via"), ["1.1 qalqan"], "{what}");
                 }
-                "/cl" => {
-                    assert_eq!(w.header_all("x-custom"), ["Two"], "{what}");
+                "/cl" | "/mark" => {
+                    let custom: &[&str] = if path == "/cl" { &["Two"] } else { &[] };
+                    assert_eq!(w.header_all("x-custom"), custom, "{what}");
                     assert_eq!(w.header_all("content-length"), ["5"], "{what}");
                     assert!(te.is_empty(), "{what}");
                     assert_eq!(w.header_all("via"), ["1.1 qalqan"], "{what}");
