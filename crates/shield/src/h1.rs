@@ -43,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::body::{Body, ReqBody};
-use crate::proxy::{Begun, ConnInfo};
+use crate::proxy::{Begun, ConnInfo, Decided};
 use crate::rawhead::Kind as RawKind;
 use crate::state::Shared;
 
@@ -154,12 +154,19 @@ where
         let method = req.method().clone();
         let resp = {
             let _busy = crate::server::Busy::enter(busy.clone());
-            // `proxy::handle` in its three steps, so that the future of `serve` is moved into
-            // this loop's state directly rather than inside another layer.
+            // `proxy::handle` in its steps, so that the future of `forward` is moved into this
+            // loop's state directly rather than inside another layer.
             let rt = shared.runtime.load_full();
             let begun = Begun::new(shared, &rt, conn, &req);
-            let (resp, decision) =
-                crate::proxy::serve(shared, &rt, conn, begun.route, begun.client, req).await;
+            // (`proxy::serve` in its two steps: a refused request builds no future for the rest.)
+            let (route, client) = (begun.route, begun.client);
+            let (resp, decision) = match crate::proxy::decide(shared, &rt, conn, route, client, req)
+            {
+                Decided::Answer(r, d) => (r, d),
+                Decided::Onward(req, found) => {
+                    crate::proxy::forward(shared, &rt, conn, route, client, req, found).await
+                }
+            };
             begun.finish(shared, &resp, decision);
             resp
         };

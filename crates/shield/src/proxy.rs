@@ -426,8 +426,8 @@ fn offence(shared: &Shared, rt: &Runtime, client: IpAddr, route: &str) {
     }
 }
 
-/// The answer to a request and how it was decided. The response's fields may be partly outside
-/// its map, as [`handle`] says.
+/// The answer to a request and how it was decided: [`decide`], then [`forward`] for a request
+/// that goes on. The response's fields may be partly outside its map, as [`handle`] says.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
@@ -436,6 +436,42 @@ pub(crate) async fn serve(
     client: IpAddr,
     req: Request<ReqBody>,
 ) -> (Response<Body>, Decision) {
+    match decide(shared, rt, conn, route, client, req) {
+        Decided::Answer(r, d) => (r, d),
+        Decided::Onward(req, found) => forward(shared, rt, conn, route, client, req, found).await,
+    }
+}
+
+/// What [`decide`] made of a request.
+// Returned once per request and matched at once: boxing the request would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Decided {
+    /// The shield's own answer.
+    Answer(Response<Body>, Decision),
+    /// On to the cache or the origin.
+    Onward(Request<ReqBody>, Found),
+}
+
+/// What the shield's checks found that the rest of serving a request needs.
+pub(crate) struct Found {
+    mode: qalqan_detect::Mode,
+    budget: Option<Budget>,
+    now_ms: u64,
+}
+
+/// The part of serving a request that needs no waiting: lists, limits, blocks, the challenge
+/// and its endpoints, size checks. An answer (a 429, a challenge, ...) is `Answer`; a request that
+/// goes on to the cache or the origin comes back as `Onward`, for [`forward`]. Kept out of the
+/// async part so a refused request (the flood) builds and moves no future for what it never
+/// reaches: `forward`'s future is kilobytes.
+pub(crate) fn decide(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    route: &RouteState,
+    client: IpAddr,
+    req: Request<ReqBody>,
+) -> Decided {
     // One reading of the millisecond clock for the limits and marks below.
     let now_ms = qalqan_limits::now_ms();
     // A clearance matters only where challenges can be asked for, and is checked only then.
@@ -473,7 +509,7 @@ pub(crate) async fn serve(
                 shared.familiar.learn(client);
             }
         }
-        Ok((Verdict::Refuse(r, d), _)) => return (r, d),
+        Ok((Verdict::Refuse(r, d), _)) => return Decided::Answer(r, d),
         Err(_) => {
             // A bug that trips on every request must not become a log flood.
             if let Some(more) = shared.log_guard.allow() {
@@ -484,7 +520,7 @@ pub(crate) async fn serve(
                 );
             }
             if route.cfg.fail == FailMode::Closed {
-                return (
+                return Decided::Answer(
                     page(StatusCode::SERVICE_UNAVAILABLE, "shed", Some(5)),
                     Decision::Shed,
                 );
@@ -512,14 +548,15 @@ pub(crate) async fn serve(
         if suspicious {
             offence(shared, rt, client, &route.cfg.name);
         }
-        return (r, d);
+        return Decided::Answer(r, d);
     }
     if wants_challenge && clearance.is_some() {
         shared.metrics.cleared_requests.fetch_add(1, Relaxed);
     }
     if wants_challenge && clearance.is_none() && !verified_bot {
         let ret = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        return challenge_answer(shared, rt, client, req.headers(), ret);
+        let (r, d) = challenge_answer(shared, rt, client, req.headers(), ret);
+        return Decided::Answer(r, d);
     }
     let mut req = req;
     // A request that would need a challenge if the mode became under_attack while it waits in
@@ -562,11 +599,38 @@ pub(crate) async fn serve(
 
     // Oversized bodies are refused before anything reaches the origin.
     if content_length(req.headers()).is_some_and(|len| len > rt.config.client.max_body_bytes) {
-        return (
+        return Decided::Answer(
             page(StatusCode::PAYLOAD_TOO_LARGE, "rejected", None),
             Decision::Rejected,
         );
     }
+    Decided::Onward(
+        req,
+        Found {
+            mode,
+            budget,
+            now_ms,
+        },
+    )
+}
+
+/// The rest of serving a request that [`decide`] let through: the cache, coalescing, the origin.
+pub(crate) async fn forward(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    route: &RouteState,
+    client: IpAddr,
+    req: Request<ReqBody>,
+    found: Found,
+) -> (Response<Body>, Decision) {
+    // (The request comes on its own, not inside a struct taken apart here: that would be a
+    // second copy of it in this future.)
+    let Found {
+        mode,
+        budget,
+        now_ms,
+    } = found;
 
     if is_upgrade(&req) {
         // Boxed: rare, and its future would otherwise size every request's.

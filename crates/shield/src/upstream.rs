@@ -4,8 +4,9 @@
 //! Most requests the shield forwards are bodiless GETs and HEADs. For them (no upgrade, a method
 //! that is idempotent under RFC 9110 9.2.2, a request body already at its end) the shield talks
 //! HTTP/1.1 itself, inside the request's own task: it writes the request head to a pooled
-//! `TcpStream` in one write, parses the response head with `httparse`, and the response body
-//! reads the socket directly when it is polled. hyper's client, used before for everything, costs
+//! `TcpStream` in one write, parses the response head with `httparse` into places in the bytes
+//! received (a header map is built only for a head that needs one, or for a reader of its
+//! fields; see `rawhead`), and the response body reads the socket directly when it is polled. hyper's client, used before for everything, costs
 //! a separate connection task per connection, an mpsc channel for the request, a oneshot for the
 //! response, a channel for the body and the task wake-ups between them; on the cache-miss path
 //! that was most of the gap to nginx. Everything else (requests with a body, upgrades, other
