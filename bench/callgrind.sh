@@ -7,9 +7,18 @@
 # the same system calls, which `strace -c` can confirm.)
 #
 #   bench/callgrind.sh              cache miss (proxy_pass) and drop path (429), both peers
+#   CACHE=1 bench/callgrind.sh      the same under cachegrind's simulated caches: instructions
+#                                   and first-level data-cache misses per request
+#
+# With CACHE=1 each peer runs twice, for SECONDS_PER_RUN and for three times that, and the
+# difference of the two runs' counts over the difference of their requests is what a request
+# costs, start-up cancelled out (cachegrind cannot be reset mid-run as callgrind can). The
+# caches are valgrind's model of this machine's (first level 32 KiB per kind), not measured ones:
+# they show where a peer's memory use per request differs, not cycles.
 #
 # Environment: QALQAN_BIN=PATH (default target/release/qalqan, built when missing),
-# SECONDS_PER_RUN=N (default 8), KEEP=DIR (copy the profiles there for callgrind_annotate).
+# SECONDS_PER_RUN=N (default 8), KEEP=DIR (copy the profiles there for callgrind_annotate or
+# cg_annotate), CACHE=1 (see above).
 # Installs valgrind, nginx and wrk with apt-get when missing.
 # Every load run targets 127.0.0.1 only and is bounded by wrk's -d.
 
@@ -88,8 +97,17 @@ wait_http "$ORIGIN"
 UPSTREAM="upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; keepalive_requests 1000000; }"
 PASS='proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";'
 
+# load PORT SECS: wrk against PORT for SECS seconds; prints the requests served.
+load() {
+  wrk -t1 -c16 -d"${2}s" "http://127.0.0.1:$1/nostore" | awk '/requests in/ {print $1}'
+}
+
 # measure LABEL PORT CMD...: runs CMD under callgrind, loads PORT, prints instructions/request.
 measure() {
+  if [[ ${CACHE:-} == 1 ]]; then
+    measure_cache "$@"
+    return
+  fi
   local label=$1 p=$2 out=$WORK/cg.$1 pid n total
   shift 2
   valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$label.log" 2>&1 &
@@ -97,7 +115,7 @@ measure() {
   PIDS+=("$pid")
   wait_http "$p"
   callgrind_control -z "$pid" >/dev/null 2>&1
-  n=$(wrk -t1 -c16 -d"${SECS}s" "http://127.0.0.1:$p/nostore" | awk '/requests in/ {print $1}')
+  n=$(load "$p" "$SECS")
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -108,6 +126,36 @@ measure() {
     mkdir -p "$KEEP"
     cp "$out".* "$KEEP/"
   fi
+}
+
+# measure_cache LABEL PORT CMD...: two runs of CMD under cachegrind (see CACHE=1 above); prints
+# instructions and first-level data-cache read and write misses per request.
+measure_cache() {
+  local label=$1 p=$2 secs out pid n totals=()
+  shift 2
+  for secs in "$SECS" $((SECS * 3)); do
+    out=$WORK/cg.$label.$secs
+    valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$out" "$@" >"$WORK/$label.$secs.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_http "$p"
+    n=$(load "$p" "$secs")
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    # "PROGRAM TOTALS" lists Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw, each with a percentage.
+    totals+=("$n $(cg_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(/\([^)]*\)|,/, ""); print $1, $5, $8; seen = 1}')")
+    if [[ -n ${KEEP:-} ]]; then
+      mkdir -p "$KEEP"
+      cp "$out" "$KEEP/"
+    fi
+  done
+  python3 - "$label" "${totals[@]}" <<'PY'
+import sys
+label, short, long = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+n = int(long[0]) - int(short[0])
+ir, rd, wr = ((int(b) - int(a)) / n for a, b in zip(short[1:], long[1:]))
+print(f"{label:<28} {n:9d} requests  {ir:7.0f} instructions  {rd:5.1f} D1 read + {wr:5.1f} write misses per request")
+PY
 }
 
 for scen in miss drop; do
