@@ -134,6 +134,15 @@ impl Body {
         Body(Kind::Boxed(Box::into_pin(b)))
     }
 
+    /// The whole body, when it is bytes that live as long as the process (a shield page, or
+    /// nothing) and has not been read yet.
+    pub fn fixed_bytes(&self) -> Option<&'static Bytes> {
+        match self.0 {
+            Kind::Fixed(f) => Some(&f.body),
+            _ => None,
+        }
+    }
+
     /// The head fields of a shield page not yet in its response's map (see [`FixedHead`]).
     pub fn fixed_head(&self) -> Option<&'static FixedHead> {
         match self.0 {

@@ -490,6 +490,20 @@ where
     out.clear();
     let (framing, server_close) = encode_head(out, method, client_close, &parts, &body);
     let mut keep = !client_close && !server_close;
+    // A shield page (a 429 to a flood, most often): its whole body is at hand, so head and body
+    // go out in one write, without the frame loop below.
+    if let Some(data) = body.fixed_bytes() {
+        let data: Option<&[u8]> = match framing {
+            Framing::Length(n) if n == data.len() as u64 => Some(data),
+            Framing::None => Some(&[]),
+            // (Not produced for such a body; the loop below handles it.)
+            _ => None,
+        };
+        if let Some(data) = data {
+            write_all(io, &mut [&out[..], data]).await?;
+            return Ok(keep);
+        }
+    }
     let mut head = Some(&out[..]);
     let mut left = match framing {
         Framing::Length(n) => n,
