@@ -502,11 +502,13 @@ impl Upstream {
                 Err(HeadError::Fail(e)) => return Err(e),
             };
             let (headers, raw) = match head.fields {
-                // (`parse_head` keeps at most `MAX_FIELDS` this way.)
-                Fields::Raw(bytes) => (
+                // `parse_head` keeps at most `MAX_FIELDS` this way; were there more, they would
+                // go to a map rather than be lost.
+                Fields::Raw(bytes) if conn.spans.len() <= MAX_FIELDS => (
                     HeaderMap::new(),
                     RawHead::new(bytes, &conn.spans).unwrap_or_else(RawHead::empty),
                 ),
+                Fields::Raw(bytes) => (map_of(&bytes, &conn.spans, true), RawHead::empty()),
                 Fields::Map(m) => (m, RawHead::empty()),
             };
             let body = PooledBody::own(OwnBody {
