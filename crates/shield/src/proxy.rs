@@ -1894,30 +1894,18 @@ mod tests {
 
     #[test]
     fn the_peer_value_is_the_canonical_address() {
-        let v4 = ConnInfo::new(
-            "10.1.2.3:5".parse().unwrap(),
-            false,
-            AddrSource::Socket,
-            false,
-        );
+        let info = |peer: &str, trusted: bool, tls: bool| {
+            ConnInfo::new(peer.parse().unwrap(), trusted, AddrSource::Socket, tls)
+        };
+        let v4 = info("10.1.2.3:5", false, false);
         assert_eq!(
             v4.peer_value.as_ref().map(|v| v.as_bytes()),
             Some(&b"10.1.2.3"[..])
         );
         // An IPv4 client on a dual-stack socket is named as IPv4, as everywhere else.
-        let mapped = ConnInfo::new(
-            "[::ffff:10.1.2.3]:5".parse().unwrap(),
-            false,
-            AddrSource::Socket,
-            false,
-        );
+        let mapped = info("[::ffff:10.1.2.3]:5", false, false);
         assert_eq!(mapped.peer_value, v4.peer_value);
-        let v6 = ConnInfo::new(
-            "[2001:db8::1]:5".parse().unwrap(),
-            true,
-            AddrSource::Socket,
-            true,
-        );
+        let v6 = info("[2001:db8::1]:5", true, true);
         assert_eq!(
             v6.peer_value.as_ref().map(|v| v.as_bytes()),
             Some(&b"2001:db8::1"[..])
